@@ -1,0 +1,3 @@
+//! mcprom
+pub mod config;
+pub mod sim;
