@@ -1,3 +1,39 @@
-//! mcprom
+//! mcprom keeps an externally hosted Prometheus authenticated to many
+//! Kubernetes clusters with short-lived ServiceAccount tokens.
+//!
+//! # Layout
+//!
+//! - [`config`]: the file, its validation, [`config::Settings`].
+//! - [`schedule`]: the refresh and retry policy as pure functions.
+//! - [`token`]: the redacting [`token::Token`] and its claims.
+//! - [`issuer`]: TokenRequest through kube.
+//! - [`sink`]: atomic token-file writes, adoption, locks.
+//! - [`reload`]: the coalescing Prometheus reloader.
+//! - [`rotator`]: one cluster's loop.
+//! - [`state`]: per-cluster status shared with reporting.
+//! - [`app`]: wiring, supervisor, signals.
+//! - [`sim`]: the simulated Kubernetes API used by tests and the demo.
+//!
+//! # Data flow
+//!
+//! ```text
+//! /etc/mcprom.toml ─► Settings ─► Supervisor ─► Rotator (one per cluster)
+//!                                                 │  Issuer (TokenRequest)
+//!                                                 ├► Sink (atomic write)
+//!                                                 └► ReloadQueue ─► Reloader (POST /-/reload)
+//! State ◄── everyone
+//! ```
+
+pub mod app;
+pub mod cli;
 pub mod config;
+pub mod demo;
+pub mod issuer;
+pub mod logging;
+pub mod reload;
+pub mod rotator;
+pub mod schedule;
 pub mod sim;
+pub mod sink;
+pub mod state;
+pub mod token;

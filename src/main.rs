@@ -1,1 +1,5 @@
-fn main() {}
+//! The `mcprom` launcher: everything lives in the library.
+
+fn main() -> std::process::ExitCode {
+    mcprom::cli::main()
+}

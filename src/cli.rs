@@ -1,0 +1,136 @@
+//! Command line: clap definitions and the dispatch to the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::config;
+
+/// Exit codes (sysexits where one fits).
+pub mod exit {
+    /// Success.
+    pub const OK: u8 = 0;
+    /// The operation failed.
+    pub const FAILED: u8 = 1;
+    /// Usage error (clap's own).
+    pub const USAGE: u8 = 2;
+    /// The daemon is not reachable.
+    pub const UNAVAILABLE: u8 = 69;
+    /// Bad or missing configuration.
+    pub const CONFIG: u8 = 78;
+}
+
+/// mcprom keeps an external Prometheus authenticated to many Kubernetes
+/// clusters with short-lived ServiceAccount tokens.
+#[derive(Debug, Parser)]
+#[command(name = "mcprom", version, about, long_about = None)]
+pub struct Cli {
+    /// Config file (default /etc/mcprom.toml; MCPROM_CONFIG overrides the default).
+    #[arg(long, global = true, env = "MCPROM_CONFIG", default_value = config::DEFAULT_PATH)]
+    pub config: PathBuf,
+    /// Log verbosity: error, warn, info, debug, trace, or a RUST_LOG-style filter.
+    /// RUST_LOG wins when set.
+    #[arg(long, global = true, default_value = "info")]
+    pub log_level: String,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon (systemd's ExecStart).
+    Run,
+    /// Validate the config file and the files it names; exit 78 on problems.
+    Check,
+    /// Run the daemon against simulated clusters on loopback, with a real
+    /// `prometheus` when one is on PATH.
+    Demo {
+        /// Stop after this long (e.g. 90s, 5m); default: until Ctrl-C.
+        #[arg(long = "for", value_parser = parse_duration)]
+        duration: Option<Duration>,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    config::parse_duration(s)
+}
+
+/// Parse the command line, run, and map the outcome to an exit code.
+pub fn main() -> ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    crate::logging::init(&cli.log_level);
+    let code = match cli.command {
+        Command::Run => run(&cli.config),
+        Command::Check => check(&cli.config),
+        Command::Demo { duration } => runtime().and_then(|rt| {
+            rt.block_on(crate::demo::run(duration)).map_err(|e| {
+                eprintln!("mcprom demo: {e:#}");
+                exit::FAILED
+            })
+        }),
+    };
+    ExitCode::from(code.err().unwrap_or(exit::OK))
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, u8> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("mcprom: cannot start the async runtime: {e}");
+            exit::FAILED
+        })
+}
+
+fn load(path: &std::path::Path) -> Result<config::Settings, u8> {
+    config::load(path).map_err(|e| {
+        tracing::error!("invalid configuration, not starting:\n{e}");
+        exit::CONFIG
+    })
+}
+
+fn run(path: &std::path::Path) -> Result<(), u8> {
+    let settings = load(path)?;
+    let rt = runtime()?;
+    rt.block_on(crate::app::run(settings, crate::app::termination()))
+        .map_err(|e| {
+            tracing::error!("{e}");
+            exit::FAILED
+        })
+}
+
+fn check(path: &std::path::Path) -> Result<(), u8> {
+    let settings = match config::load(path) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return Err(exit::CONFIG);
+        }
+    };
+    for warning in config::warnings(&settings) {
+        eprintln!("warning: {warning}");
+    }
+    let problems = config::host_problems(&settings);
+    for problem in &problems {
+        eprintln!("{problem}");
+    }
+    if !problems.is_empty() {
+        return Err(exit::CONFIG);
+    }
+    println!(
+        "{}: OK ({} cluster{})",
+        settings.path.display(),
+        settings.clusters.len(),
+        if settings.clusters.len() == 1 {
+            ""
+        } else {
+            "s"
+        }
+    );
+    Ok(())
+}

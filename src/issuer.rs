@@ -1,0 +1,479 @@
+//! Issuers mint tokens. The real one calls the cluster's TokenRequest API
+//! through a kube client built from the cluster's credentials.
+//!
+//! The kube client is built afresh for each request and dropped after it:
+//! credential files (kubeconfig, CA, client certificate, issuer token) are
+//! therefore re-read on every rotation, so replacing them on disk needs no
+//! restart, and 10,000 idle clusters pin no connections or TLS state.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use http::{Request, StatusCode};
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use rustls_pki_types::{CertificateDer, pem::PemObject};
+use serde::Deserialize;
+
+use crate::config::{ClusterSettings, Credentials};
+use crate::token::{IssuedToken, Token};
+
+/// What to ask for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenSpec {
+    /// Requested lifetime.
+    pub expiration: Duration,
+    /// Requested audiences (empty: the server's default).
+    pub audiences: Vec<String>,
+}
+
+/// Mints tokens for one cluster's ServiceAccount.
+pub trait Issuer: Send + Sync + 'static {
+    /// Request a new token.
+    fn issue(
+        &self,
+        spec: &TokenSpec,
+    ) -> impl Future<Output = Result<IssuedToken, IssueError>> + Send;
+}
+
+/// Why a TokenRequest failed. Messages quote the server, never a token.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum IssueError {
+    /// A credential or CA file could not be read or understood.
+    #[error("{0}")]
+    Config(String),
+    /// Connection refused, reset, DNS failure, …
+    #[error("API server unreachable: {0}")]
+    Unreachable(String),
+    /// No answer within the request timeout.
+    #[error("no answer from the API server within {0:?}")]
+    Timeout(Duration),
+    /// The TLS handshake failed (wrong CA, wrong name, expired certificate).
+    #[error("TLS verification of the API server failed: {0}")]
+    Tls(String),
+    /// 401: mcprom's own credential was not accepted.
+    #[error(
+        "the API server rejected mcprom's credential (401 {0}); renew the credential in [cluster.credentials]"
+    )]
+    Unauthorized(String),
+    /// 403: authenticated, but not allowed to create tokens for the ServiceAccount.
+    #[error(
+        "forbidden (403): {0}; grant create on serviceaccounts/token for this ServiceAccount (`mcprom rbac` prints the rule)"
+    )]
+    Forbidden(String),
+    /// 404: the ServiceAccount does not exist.
+    #[error(
+        "the ServiceAccount does not exist (404: {0}); if it was deleted, every token issued for it stopped working too: recreate it and its RBAC"
+    )]
+    NotFound(String),
+    /// 400/422: the request was refused as invalid.
+    #[error("the API server refused the request ({code}): {message}")]
+    Invalid {
+        /// HTTP status.
+        code: u16,
+        /// The server's message.
+        message: String,
+    },
+    /// 429: too many requests.
+    #[error("throttled by the API server (429): {message}")]
+    Throttled {
+        /// `Retry-After`, when sent.
+        retry_after: Option<Duration>,
+        /// The server's message.
+        message: String,
+    },
+    /// 5xx or an answer that is not a TokenRequest.
+    #[error("API server error ({code}): {message}")]
+    Server {
+        /// HTTP status (0 when the body, not the status, was wrong).
+        code: u16,
+        /// The server's message.
+        message: String,
+    },
+}
+
+impl IssueError {
+    /// The `reason` label of `mcprom_token_refresh_errors_total`.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            IssueError::Config(_) => "config",
+            IssueError::Unreachable(_) | IssueError::Timeout(_) => "unreachable",
+            IssueError::Tls(_) => "tls",
+            IssueError::Unauthorized(_) => "unauthorized",
+            IssueError::Forbidden(_) => "forbidden",
+            IssueError::NotFound(_) => "not_found",
+            IssueError::Invalid { .. } => "invalid",
+            IssueError::Throttled { .. } => "throttled",
+            IssueError::Server { .. } => "server_error",
+        }
+    }
+
+    /// The server's `Retry-After`, if it sent one.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            IssueError::Throttled { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+/// The real issuer: TokenRequest through kube, one fresh client per request.
+#[derive(Debug, Clone)]
+pub struct KubeIssuer {
+    cluster: Arc<ClusterSettings>,
+    timeout: Duration,
+}
+
+/// How long one TokenRequest may take, connection included.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl KubeIssuer {
+    /// An issuer for `cluster`.
+    pub fn new(cluster: Arc<ClusterSettings>, timeout: Duration) -> Self {
+        KubeIssuer { cluster, timeout }
+    }
+
+    /// A kube client configured from the cluster's settings (files read now).
+    pub async fn client(&self) -> Result<kube::Client, IssueError> {
+        let config = kube_config(&self.cluster, self.timeout).await?;
+        kube::Client::try_from(config).map_err(|e| IssueError::Config(chain(&e)))
+    }
+}
+
+/// Build the kube configuration for a cluster: credentials, `api_server`
+/// and `ca_file` overrides, TLS, timeouts, kube's own retries off.
+pub async fn kube_config(
+    cluster: &ClusterSettings,
+    timeout: Duration,
+) -> Result<kube::Config, IssueError> {
+    let mut config = match &cluster.credentials {
+        Credentials::Kubeconfig { path, context } => {
+            let kubeconfig = Kubeconfig::read_from(path).map_err(|e| {
+                IssueError::Config(format!("kubeconfig {}: {}", path.display(), chain(&e)))
+            })?;
+            let options = KubeConfigOptions {
+                context: context.clone(),
+                ..KubeConfigOptions::default()
+            };
+            kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+                .await
+                .map_err(|e| {
+                    IssueError::Config(format!("kubeconfig {}: {}", path.display(), chain(&e)))
+                })?
+        }
+        other => {
+            let url = cluster.api_server.as_ref().ok_or_else(|| {
+                IssueError::Config("api_server is required without a kubeconfig".into())
+            })?;
+            let mut config = kube::Config::new(parse_uri(url)?);
+            match other {
+                Credentials::TokenFile(path) => {
+                    check_readable(path, "credentials.token_file")?;
+                    config.auth_info.token_file = Some(path.to_string_lossy().into_owned());
+                }
+                Credentials::ClientCert { cert, key } => {
+                    check_readable(cert, "credentials.client_cert")?;
+                    check_readable(key, "credentials.client_key")?;
+                    config.auth_info.client_certificate = Some(cert.to_string_lossy().into_owned());
+                    config.auth_info.client_key = Some(key.to_string_lossy().into_owned());
+                }
+                Credentials::SelfRenew => {
+                    check_readable(&cluster.token_file, "token_file (self-renewal)")?;
+                    config.auth_info.token_file =
+                        Some(cluster.token_file.to_string_lossy().into_owned());
+                }
+                Credentials::Kubeconfig { .. } => unreachable!("handled above"),
+            }
+            config
+        }
+    };
+    if let Some(url) = &cluster.api_server {
+        config.cluster_url = parse_uri(url)?;
+    }
+    if let Some(ca) = &cluster.ca_file {
+        config.root_cert = Some(read_ca(ca)?);
+        config.root_cert_file = None;
+    }
+    if cluster.insecure_skip_tls_verify {
+        config.accept_invalid_certs = true;
+    }
+    config.default_retry = false;
+    config.connect_timeout = Some(timeout.min(Duration::from_secs(10)));
+    config.read_timeout = Some(timeout);
+    config.write_timeout = Some(timeout);
+    Ok(config)
+}
+
+fn parse_uri(url: &url::Url) -> Result<http::Uri, IssueError> {
+    url.as_str()
+        .trim_end_matches('/')
+        .parse()
+        .map_err(|e| IssueError::Config(format!("api_server {url}: {e}")))
+}
+
+fn check_readable(path: &std::path::Path, key: &str) -> Result<(), IssueError> {
+    std::fs::File::open(path)
+        .map(drop)
+        .map_err(|e| IssueError::Config(format!("{key} {}: {e}", path.display())))
+}
+
+/// Read a PEM bundle of CA certificates.
+pub fn read_ca(path: &std::path::Path) -> Result<Vec<Vec<u8>>, IssueError> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| IssueError::Config(format!("ca_file {}: {e}", path.display())))?;
+    let certs: Vec<Vec<u8>> = CertificateDer::pem_slice_iter(&bytes)
+        .map(|c| c.map(|c| c.to_vec()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| IssueError::Config(format!("ca_file {}: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(IssueError::Config(format!(
+            "ca_file {}: no PEM certificate in it",
+            path.display()
+        )));
+    }
+    Ok(certs)
+}
+
+/// The error and all its sources on one line.
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let s = e.to_string();
+        if !text.contains(&s) {
+            text.push_str(": ");
+            text.push_str(&s);
+        }
+        source = e.source();
+    }
+    text
+}
+
+fn classify_transport(error: &kube::Error) -> IssueError {
+    let text = chain(error);
+    let lower = text.to_ascii_lowercase();
+    if lower.contains("certificate") || lower.contains("unknownissuer") || lower.contains("tls") {
+        IssueError::Tls(text)
+    } else if lower.contains("timed out") || lower.contains("timeout") {
+        IssueError::Unreachable(format!("timed out: {text}"))
+    } else {
+        IssueError::Unreachable(text)
+    }
+}
+
+#[derive(Deserialize)]
+struct StatusBody {
+    message: Option<String>,
+}
+
+fn status_message(body: &[u8], code: StatusCode) -> String {
+    serde_json::from_slice::<StatusBody>(body)
+        .ok()
+        .and_then(|s| s.message)
+        .unwrap_or_else(|| {
+            let text = String::from_utf8_lossy(&body[..body.len().min(512)])
+                .trim()
+                .to_owned();
+            if text.is_empty() {
+                code.canonical_reason().unwrap_or("no message").to_owned()
+            } else {
+                text
+            }
+        })
+}
+
+fn parse_retry_after(value: Option<&http::HeaderValue>) -> Option<Duration> {
+    let text = value?.to_str().ok()?.trim();
+    if let Ok(secs) = text.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = httpdate_to_unix(text)?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs();
+    Some(Duration::from_secs(when.saturating_sub(now)))
+}
+
+fn httpdate_to_unix(text: &str) -> Option<u64> {
+    // IMF-fixdate, e.g. "Sun, 06 Nov 1994 08:49:37 GMT".
+    let parsed = jiff::fmt::rfc2822::parse(text).ok()?;
+    u64::try_from(parsed.timestamp().as_second()).ok()
+}
+
+/// Turn a TokenRequest HTTP answer into a token or a classified error.
+pub fn interpret_response(
+    status: StatusCode,
+    headers: &http::HeaderMap,
+    body: &[u8],
+    sent: SystemTime,
+) -> Result<IssuedToken, IssueError> {
+    if !status.is_success() {
+        let message = status_message(body, status);
+        return Err(match status.as_u16() {
+            401 => IssueError::Unauthorized(message),
+            403 => IssueError::Forbidden(message),
+            404 => IssueError::NotFound(message),
+            400 | 422 => IssueError::Invalid {
+                code: status.as_u16(),
+                message,
+            },
+            429 => IssueError::Throttled {
+                retry_after: parse_retry_after(headers.get(http::header::RETRY_AFTER)),
+                message,
+            },
+            code => IssueError::Server { code, message },
+        });
+    }
+    let bad = |why: &str| IssueError::Server {
+        code: 0,
+        message: format!("the answer is not a usable TokenRequest: {why}"),
+    };
+    let answer: TokenRequest =
+        serde_json::from_slice(body).map_err(|e| bad(&format!("invalid JSON ({e})")))?;
+    let status = answer.status.ok_or_else(|| bad("no status"))?;
+    let token = Token::new(status.token).map_err(|e| bad(&e.to_string()))?;
+    let claims = token.claims().map_err(|e| bad(&e.to_string()))?;
+    let lifetime = claims.lifetime().unwrap_or_else(|| {
+        let exp = UNIX_EPOCH + Duration::from_secs(claims.expires_at);
+        exp.duration_since(sent).unwrap_or_default()
+    });
+    if lifetime.is_zero() {
+        return Err(bad("the token has already expired"));
+    }
+    let warning = headers
+        .get_all(http::header::WARNING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
+    Ok(IssuedToken {
+        token,
+        claims,
+        lifetime,
+        warning: (!warning.is_empty()).then(|| warning.join("; ")),
+    })
+}
+
+impl Issuer for KubeIssuer {
+    async fn issue(&self, spec: &TokenSpec) -> Result<IssuedToken, IssueError> {
+        let client = self.client().await?;
+        let sa = &self.cluster.service_account;
+        let request = TokenRequest {
+            spec: TokenRequestSpec {
+                audiences: spec.audiences.clone(),
+                expiration_seconds: Some(
+                    i64::try_from(spec.expiration.as_secs()).unwrap_or(i64::MAX),
+                ),
+                bound_object_ref: None,
+            },
+            ..TokenRequest::default()
+        };
+        let body = serde_json::to_vec(&request).map_err(|e| IssueError::Config(e.to_string()))?;
+        let uri = format!(
+            "/api/v1/namespaces/{}/serviceaccounts/{}/token",
+            sa.namespace, sa.name
+        );
+        let http_request = Request::post(uri)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(http::header::ACCEPT, "application/json")
+            .body(kube::client::Body::from(body))
+            .map_err(|e| IssueError::Config(e.to_string()))?;
+        let sent = SystemTime::now();
+        let started = Instant::now();
+        let exchange = async {
+            let response = client
+                .send(http_request)
+                .await
+                .map_err(|e| classify_transport(&e))?;
+            let (parts, body) = response.into_parts();
+            let bytes = body
+                .collect_bytes()
+                .await
+                .map_err(|e| classify_transport(&e))?;
+            interpret_response(parts.status, &parts.headers, &bytes, sent)
+        };
+        match tokio::time::timeout(self.timeout, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(IssueError::Timeout(started.elapsed())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_map_to_kinds_with_the_servers_message() {
+        let body =
+            br#"{"kind":"Status","message":"serviceaccounts \"x\" is forbidden: nope","code":403}"#;
+        let e = interpret_response(
+            StatusCode::FORBIDDEN,
+            &http::HeaderMap::new(),
+            body,
+            SystemTime::now(),
+        )
+        .unwrap_err();
+        assert_eq!(e.metric_label(), "forbidden");
+        assert!(e.to_string().contains("is forbidden: nope"), "{e}");
+
+        let mut headers = http::HeaderMap::new();
+        headers.insert(http::header::RETRY_AFTER, "7".parse().unwrap());
+        let e = interpret_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            &headers,
+            b"",
+            SystemTime::now(),
+        )
+        .unwrap_err();
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(7)));
+        for (code, label) in [
+            (401, "unauthorized"),
+            (404, "not_found"),
+            (422, "invalid"),
+            (500, "server_error"),
+            (503, "server_error"),
+        ] {
+            let e = interpret_response(
+                StatusCode::from_u16(code).unwrap(),
+                &http::HeaderMap::new(),
+                b"{}",
+                SystemTime::now(),
+            )
+            .unwrap_err();
+            assert_eq!(e.metric_label(), label, "{code}");
+        }
+    }
+
+    #[test]
+    fn garbage_bodies_are_server_errors_not_panics() {
+        for body in [
+            &b""[..],
+            b"{",
+            b"{\"status\":{\"token\":\"x\",\"expirationTimestamp\":\"2020-01-01T00:00:00Z\"}}",
+            b"\xff\xfe",
+        ] {
+            let e = interpret_response(
+                StatusCode::CREATED,
+                &http::HeaderMap::new(),
+                body,
+                SystemTime::now(),
+            )
+            .unwrap_err();
+            assert_eq!(e.metric_label(), "server_error");
+        }
+    }
+
+    #[test]
+    fn retry_after_accepts_seconds_and_http_dates() {
+        let v = |s: &str| http::HeaderValue::from_str(s).unwrap();
+        assert_eq!(
+            parse_retry_after(Some(&v("3"))),
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(
+            parse_retry_after(Some(&v("Sun, 06 Nov 1994 08:49:37 GMT"))),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after(Some(&v("soon"))), None);
+        assert_eq!(parse_retry_after(None), None);
+    }
+}

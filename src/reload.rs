@@ -1,0 +1,318 @@
+//! Asking Prometheus to reload: coalesced, single-flight, never blocking
+//! rotation.
+//!
+//! Rotators only bump a generation counter ([`ReloadQueue`]); one task
+//! ([`run`]) waits for a quiet period of `delay`, then reloads once for
+//! everything that changed. Requests that arrive during a reload cause
+//! exactly one more.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::config::PrometheusSettings;
+use crate::state::State;
+
+/// Something that can be asked for a reload. Cheap and non-blocking.
+pub trait ReloadRequest: Send + Sync + 'static {
+    /// Note that token files changed.
+    fn request_reload(&self);
+}
+
+/// The queue between rotators and the reloader: a generation counter.
+#[derive(Debug, Clone, Default)]
+pub struct ReloadQueue {
+    inner: Arc<QueueInner>,
+}
+
+#[derive(Debug, Default)]
+struct QueueInner {
+    generation: AtomicU64,
+    notify: Notify,
+}
+
+impl ReloadQueue {
+    /// A new queue.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many requests have been made so far.
+    pub fn generation(&self) -> u64 {
+        self.inner.generation.load(Ordering::SeqCst)
+    }
+
+    async fn wait_beyond(&self, generation: u64) {
+        while self.generation() == generation {
+            self.inner.notify.notified().await;
+        }
+    }
+}
+
+impl ReloadRequest for ReloadQueue {
+    fn request_reload(&self) {
+        self.inner.generation.fetch_add(1, Ordering::SeqCst);
+        self.inner.notify.notify_one();
+    }
+}
+
+/// A reload that did not happen, each with the message that tells the
+/// reader what to do.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ReloadError {
+    /// Nothing listens.
+    #[error("Prometheus at {0} is not reachable ({1}): is it running?")]
+    Down(String, String),
+    /// 403: the lifecycle API is off.
+    #[error(
+        "Prometheus refused the reload (403: {0}): start Prometheus with --web.enable-lifecycle (Debian: ARGS in /etc/default/prometheus) or set reload = \"never\" in [prometheus]"
+    )]
+    LifecycleDisabled(String),
+    /// 401: the web endpoint wants credentials.
+    #[error(
+        "Prometheus wants credentials for /-/reload (401): set username + password_file or bearer_token_file in [prometheus]"
+    )]
+    Unauthorized,
+    /// 405: not a POST endpoint (not Prometheus, or a proxy in the way).
+    #[error(
+        "{0}/-/reload answered 405 Method Not Allowed: [prometheus] url does not point at a Prometheus web endpoint"
+    )]
+    MethodNotAllowed(String),
+    /// 500: Prometheus could not load its own configuration.
+    #[error(
+        "Prometheus rejected its own configuration (500): {0}; fix prometheus.yml (the token files are in place and are read on every scrape anyway)"
+    )]
+    PrometheusConfig(String),
+    /// No answer in time.
+    #[error(
+        "Prometheus did not finish the reload within {0:?}; it may still be applying it; raise [prometheus] timeout for big servers"
+    )]
+    Timeout(Duration),
+    /// Anything else.
+    #[error("reload failed: {0}")]
+    Other(String),
+}
+
+impl ReloadError {
+    /// Whether retrying soon is pointless (someone has to act first).
+    pub fn needs_operator(&self) -> bool {
+        matches!(
+            self,
+            ReloadError::LifecycleDisabled(_)
+                | ReloadError::Unauthorized
+                | ReloadError::MethodNotAllowed(_)
+        )
+    }
+}
+
+/// Talks to one Prometheus web endpoint.
+#[derive(Debug, Clone)]
+pub struct Reloader {
+    settings: PrometheusSettings,
+    client: reqwest::Client,
+}
+
+const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+impl Reloader {
+    /// A reloader for `settings` (reads `ca_file` now).
+    pub fn new(settings: PrometheusSettings) -> Result<Self, ReloadError> {
+        let mut builder = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
+            .no_proxy()
+            .pool_max_idle_per_host(1);
+        if settings.url.scheme() == "https" {
+            let bundle = settings
+                .ca_file
+                .clone()
+                .unwrap_or_else(|| SYSTEM_CA_BUNDLE.into());
+            let pem = std::fs::read(&bundle).map_err(|e| {
+                ReloadError::Other(format!("[prometheus] ca_file {}: {e}", bundle.display()))
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                ReloadError::Other(format!("[prometheus] ca_file {}: {e}", bundle.display()))
+            })?;
+            builder = builder.tls_certs_only(certs);
+        }
+        let client = builder
+            .build()
+            .map_err(|e| ReloadError::Other(crate::issuer::chain(&e)))?;
+        Ok(Reloader { settings, client })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.settings.url.as_str().trim_end_matches('/'))
+    }
+
+    fn base(&self) -> String {
+        self.settings.url.as_str().trim_end_matches('/').to_owned()
+    }
+
+    fn authorize(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::RequestBuilder, ReloadError> {
+        let read = |path: &std::path::Path, key: &str| {
+            std::fs::read_to_string(path)
+                .map(|s| s.trim_end_matches(['\r', '\n']).to_owned())
+                .map_err(|e| {
+                    ReloadError::Other(format!("[prometheus] {key} {}: {e}", path.display()))
+                })
+        };
+        Ok(if let Some(path) = &self.settings.bearer_token_file {
+            request.bearer_auth(read(path, "bearer_token_file")?)
+        } else if let Some(user) = &self.settings.username {
+            let password = match &self.settings.password_file {
+                Some(path) => Some(read(path, "password_file")?),
+                None => None,
+            };
+            request.basic_auth(user, password)
+        } else {
+            request
+        })
+    }
+
+    fn transport_error(&self, error: reqwest::Error) -> ReloadError {
+        if error.is_timeout() {
+            ReloadError::Timeout(self.settings.timeout)
+        } else if error.is_connect() {
+            ReloadError::Down(self.base(), crate::issuer::chain(&error))
+        } else {
+            ReloadError::Other(crate::issuer::chain(&error))
+        }
+    }
+
+    /// Wait until `GET /-/ready` answers 200 (Prometheus replays its WAL
+    /// before it is ready; a reload before that is refused).
+    pub async fn wait_ready(&self, cancel: &CancellationToken) -> Result<(), ReloadError> {
+        let started = Instant::now();
+        loop {
+            let request = self.authorize(self.client.get(self.url("/-/ready")))?;
+            let outcome = request.send().await;
+            match outcome {
+                Ok(r) if r.status().is_success() => return Ok(()),
+                Ok(r) if r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE => {}
+                // Anything else is for the reload itself to explain.
+                Ok(_) => return Ok(()),
+                Err(e) => return Err(self.transport_error(e)),
+            }
+            if started.elapsed() > self.settings.timeout {
+                return Err(ReloadError::Other(format!(
+                    "Prometheus at {} is still not ready after {:?}",
+                    self.base(),
+                    self.settings.timeout
+                )));
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return Ok(()),
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    /// One `POST /-/reload`.
+    pub async fn reload_once(&self) -> Result<(), ReloadError> {
+        let request = self.authorize(self.client.post(self.url("/-/reload")))?;
+        let response = request.send().await.map_err(|e| self.transport_error(e))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let body = response.text().await.unwrap_or_default();
+        let body = body.trim();
+        let body: String = body.chars().take(1000).collect();
+        Err(match status.as_u16() {
+            401 => ReloadError::Unauthorized,
+            403 => ReloadError::LifecycleDisabled(if body.is_empty() {
+                "Forbidden".into()
+            } else {
+                body
+            }),
+            405 => ReloadError::MethodNotAllowed(self.base()),
+            500 => ReloadError::PrometheusConfig(body),
+            code => ReloadError::Other(format!("Prometheus answered {code}: {body}")),
+        })
+    }
+}
+
+/// Delay after the `failures`-th failed reload in a row.
+pub fn reload_backoff(error: &ReloadError, failures: u32) -> Duration {
+    if error.needs_operator() {
+        return Duration::from_secs(300);
+    }
+    Duration::from_secs(1u64 << failures.min(8)).min(Duration::from_secs(300))
+}
+
+/// The reloader loop. Runs until `cancel`.
+pub async fn run(
+    reloader: Reloader,
+    queue: ReloadQueue,
+    delay: Duration,
+    state: Arc<State>,
+    cancel: CancellationToken,
+) {
+    // Under constant churn a quiet period might never come; reload at least
+    // this often anyway.
+    let max_wait = (delay * 10).max(Duration::from_secs(1));
+    let mut handled = queue.generation();
+    let mut ready = false;
+    let mut failures: u32 = 0;
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = queue.wait_beyond(handled) => {}
+        }
+        let first = Instant::now();
+        loop {
+            let seen = queue.generation();
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(delay) => {}
+            }
+            if queue.generation() == seen || first.elapsed() >= max_wait {
+                break;
+            }
+        }
+        let target = queue.generation();
+        let outcome = async {
+            if !ready {
+                reloader.wait_ready(&cancel).await?;
+                ready = true;
+            }
+            reloader.reload_once().await
+        }
+        .await;
+        match outcome {
+            Ok(()) => {
+                let changes = target - handled;
+                handled = target;
+                failures = 0;
+                info!(changes, "prometheus reloaded");
+                state.update_reloads(|r| {
+                    r.ok += 1;
+                    r.last_success = Some(SystemTime::now());
+                    r.last_error = None;
+                });
+            }
+            Err(error) => {
+                let retry_in = reload_backoff(&error, failures);
+                failures = failures.saturating_add(1);
+                warn!(error = %error, retry_in = ?retry_in, "prometheus reload failed");
+                state.update_reloads(|r| {
+                    r.failed += 1;
+                    r.last_error = Some(error.to_string());
+                });
+                debug!("token files are in place; Prometheus reads them on every scrape");
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = tokio::time::sleep(retry_in) => {}
+                }
+            }
+        }
+    }
+}

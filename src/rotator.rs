@@ -1,0 +1,589 @@
+//! One cluster's rotation loop: adopt or request a token, write it, ask for
+//! a reload, sleep until the refresh is due, and on failure keep the
+//! current token and retry with backoff.
+//!
+//! Generic over its [`Issuer`], [`Sink`] and [`ReloadRequest`]: only the
+//! wiring in `app` names the real ones.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::time::Instant;
+
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, error, info, info_span, warn};
+
+use crate::config::{ClusterSettings, Credentials};
+use crate::issuer::{IssueError, Issuer, TokenSpec};
+use crate::reload::ReloadRequest;
+use crate::schedule;
+use crate::sink::{Sink, SinkError};
+use crate::state::{Phase, State};
+use crate::token::{Claims, IssuedToken};
+
+/// Requests from outside the loop (control socket).
+#[derive(Debug)]
+pub enum Command {
+    /// Refresh now and report the outcome.
+    RotateNow(oneshot::Sender<Result<(), String>>),
+}
+
+/// Why one attempt failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AttemptError {
+    /// The issuer failed.
+    #[error(transparent)]
+    Issue(#[from] IssueError),
+    /// The token could not be written.
+    #[error("writing the token file failed: {0}")]
+    Write(#[from] SinkError),
+}
+
+impl AttemptError {
+    /// The `reason` label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            AttemptError::Issue(e) => e.metric_label(),
+            AttemptError::Write(_) => "write_failed",
+        }
+    }
+}
+
+/// What the loop knows about the token in the file.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    expires_at: SystemTime,
+}
+
+/// A planned attempt, on both clocks: the monotonic one decides, the wall
+/// clock catches suspend/resume (the monotonic clock stops during suspend).
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    at: Instant,
+    at_wall: SystemTime,
+}
+
+impl Plan {
+    fn in_(delay: Duration) -> Plan {
+        Plan {
+            at: Instant::now() + delay,
+            at_wall: SystemTime::now() + delay,
+        }
+    }
+
+    fn from(sent: Instant, sent_wall: SystemTime, delay: Duration) -> Plan {
+        Plan {
+            at: sent + delay,
+            at_wall: sent_wall + delay,
+        }
+    }
+}
+
+/// One cluster's rotation loop and what it needs.
+pub struct Rotator<I, S, R> {
+    /// The cluster.
+    pub cluster: Arc<ClusterSettings>,
+    /// Mints tokens.
+    pub issuer: I,
+    /// Stores tokens.
+    pub sink: S,
+    /// Told after each new token is stored.
+    pub reload: R,
+    /// Shared status.
+    pub state: Arc<State>,
+    /// Global limit on TokenRequests in flight.
+    pub limiter: Arc<Semaphore>,
+    /// Bumped when the wall clock jumped relative to the monotonic clock.
+    pub clock_jumps: watch::Receiver<u64>,
+    /// Requests from the control socket.
+    pub commands: mpsc::Receiver<Command>,
+    /// Stops the loop (in-flight writes still finish).
+    pub cancel: CancellationToken,
+}
+
+impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
+    /// Run until cancelled.
+    pub async fn run(self) {
+        let span = info_span!("cluster", cluster = %self.cluster.name);
+        self.run_inner().instrument(span).await;
+    }
+
+    async fn run_inner(mut self) {
+        let mut rng = StdRng::from_os_rng();
+        let mut held = None;
+        let mut plan = match self.adopt(rng.random()) {
+            Some((h, plan)) => {
+                held = Some(h);
+                plan
+            }
+            None => Plan::in_(Duration::ZERO),
+        };
+        let mut attempt: u32 = 0;
+        let mut shortened_logged = false;
+        let mut expired_reported = false;
+        let name = self.cluster.name.clone();
+
+        loop {
+            self.state
+                .update(&name, |s| s.next_refresh = Some(plan.at_wall));
+            let mut reply = None;
+            tokio::select! {
+                () = self.cancel.cancelled() => break,
+                () = tokio::time::sleep_until(plan.at) => {}
+                Ok(()) = self.clock_jumps.changed() => {
+                    if SystemTime::now() < plan.at_wall {
+                        continue;
+                    }
+                    info!("the wall clock passed the planned refresh (suspend or clock jump): refreshing now");
+                }
+                Some(Command::RotateNow(tx)) = self.commands.recv() => reply = Some(tx),
+            }
+
+            let Some(outcome) = self.attempt().await else {
+                break; // cancelled while waiting or requesting
+            };
+            match outcome {
+                Ok((issued, sent, sent_wall)) => {
+                    attempt = 0;
+                    expired_reported = false;
+                    let requested = self.cluster.expiration;
+                    if schedule::is_shortened(requested, issued.lifetime) && !shortened_logged {
+                        shortened_logged = true;
+                        warn!(
+                            requested = ?requested,
+                            granted = ?issued.lifetime,
+                            server_warning = issued.warning.as_deref().unwrap_or(""),
+                            "the API server granted a shorter lifetime than requested (its --service-account-max-token-expiration); refreshing on the granted lifetime"
+                        );
+                    }
+                    let delay = schedule::refresh_after(
+                        issued.lifetime,
+                        self.cluster.refresh_at,
+                        rng.random(),
+                    );
+                    plan = Plan::from(sent, sent_wall, delay);
+                    let expires_at = issued.claims.expiry();
+                    held = Some(Held { expires_at });
+                    let now = SystemTime::now();
+                    self.state.update(&name, |s| {
+                        s.state = Phase::Fresh;
+                        s.expires_at = Some(expires_at);
+                        s.issued_at = issued.claims.issued_at.map(unix);
+                        s.last_refresh = Some(now);
+                        s.next_refresh = Some(plan.at_wall);
+                        s.last_error = None;
+                        s.settled = true;
+                        s.refreshes += 1;
+                    });
+                    info!(
+                        service_account = %self.cluster.service_account,
+                        expires_in = ?Duration::from_secs(expires_at.duration_since(now).unwrap_or_default().as_secs()),
+                        next_refresh_in = ?Duration::from_secs(delay.as_secs()),
+                        "token refreshed"
+                    );
+                    self.reload.request_reload();
+                    if let Some(tx) = reply {
+                        let _ = tx.send(Ok(()));
+                    }
+                }
+                Err(error) => {
+                    let now = SystemTime::now();
+                    let time_left = held.and_then(|h| h.expires_at.duration_since(now).ok());
+                    let delay =
+                        schedule::backoff(attempt, time_left, retry_after(&error), rng.random());
+                    attempt = attempt.saturating_add(1);
+                    plan = Plan::in_(delay);
+                    let phase = match (&error, time_left) {
+                        (_, Some(_)) => Phase::Backoff,
+                        (AttemptError::Issue(IssueError::Config(_)), None) => Phase::Error,
+                        (_, None) => Phase::Expired,
+                    };
+                    let label = error.metric_label();
+                    let message = error.to_string();
+                    self.state.update(&name, |s| {
+                        s.state = phase;
+                        s.last_error = Some(message.clone());
+                        s.next_refresh = Some(plan.at_wall);
+                        s.settled = true;
+                        *s.errors.entry(label).or_default() += 1;
+                    });
+                    match (held, time_left) {
+                        (Some(h), None) if !expired_reported => {
+                            expired_reported = true;
+                            error!(
+                                service_account = %self.cluster.service_account,
+                                expired_at = %jiff_time(h.expires_at),
+                                error = %message,
+                                "the token expired before a refresh succeeded: Prometheus cannot scrape this cluster until one does; retrying"
+                            );
+                        }
+                        _ => warn!(
+                            service_account = %self.cluster.service_account,
+                            reason = label,
+                            error = %message,
+                            expires_in = ?time_left.map(|d| Duration::from_secs(d.as_secs())),
+                            retry_in = ?Duration::from_millis(delay.as_millis() as u64),
+                            "token refresh failed; keeping the current token"
+                        ),
+                    }
+                    if let Some(tx) = reply {
+                        let _ = tx.send(Err(message));
+                    }
+                }
+            }
+        }
+        debug!("rotator stopped");
+    }
+
+    /// Adopt the token on disk if it is for this ServiceAccount and audiences
+    /// and has more than `(1 − refresh_at)` of its lifetime left.
+    fn adopt(&self, draw: f64) -> Option<(Held, Plan)> {
+        let token = self.sink.current()?;
+        let claims = token.claims().ok()?;
+        let cluster = &self.cluster;
+        if !matches!(cluster.credentials, Credentials::SelfRenew) {
+            if claims.subject.as_deref() != Some(cluster.service_account.subject().as_str()) {
+                info!("the token on disk is for another ServiceAccount: replacing it");
+                return None;
+            }
+            if !audiences_match(&cluster.audiences, &claims) {
+                info!("the token on disk has other audiences: replacing it");
+                return None;
+            }
+        }
+        let lifetime = claims.lifetime()?;
+        let now = SystemTime::now();
+        let issued = unix(claims.issued_at?);
+        let age = now.duration_since(issued).unwrap_or_default();
+        let delay = schedule::adopt(lifetime, age, cluster.refresh_at, draw)?;
+        let expires_at = claims.expiry();
+        self.state.update(&cluster.name, |s| {
+            s.state = Phase::Fresh;
+            s.expires_at = Some(expires_at);
+            s.issued_at = Some(issued);
+            s.settled = true;
+        });
+        info!(
+            service_account = %cluster.service_account,
+            expires_in = ?Duration::from_secs(expires_at.duration_since(now).unwrap_or_default().as_secs()),
+            next_refresh_in = ?Duration::from_secs(delay.as_secs()),
+            "adopted the valid token already on disk"
+        );
+        Some((Held { expires_at }, Plan::in_(delay)))
+    }
+
+    /// One TokenRequest and write. `None` when cancelled before the write
+    /// started; a write that has started always finishes.
+    async fn attempt(
+        &mut self,
+    ) -> Option<Result<(IssuedToken, Instant, SystemTime), AttemptError>> {
+        let spec = TokenSpec {
+            expiration: self.cluster.expiration,
+            audiences: self.cluster.audiences.clone(),
+        };
+        let permit = tokio::select! {
+            () = self.cancel.cancelled() => return None,
+            permit = self.limiter.clone().acquire_owned() => permit.ok()?,
+        };
+        self.state
+            .update(&self.cluster.name, |s| s.state = Phase::Refreshing);
+        let sent = Instant::now();
+        let sent_wall = SystemTime::now();
+        let issued = tokio::select! {
+            () = self.cancel.cancelled() => return None,
+            issued = self.issuer.issue(&spec) => issued,
+        };
+        drop(permit);
+        let issued = match issued {
+            Ok(issued) => issued,
+            Err(e) => return Some(Err(e.into())),
+        };
+        if let Err(e) = self.sink.write(&issued.token).await {
+            return Some(Err(e.into()));
+        }
+        Some(Ok((issued, sent, sent_wall)))
+    }
+}
+
+fn retry_after(error: &AttemptError) -> Option<Duration> {
+    match error {
+        AttemptError::Issue(e) => e.retry_after(),
+        AttemptError::Write(_) => None,
+    }
+}
+
+fn audiences_match(configured: &[String], claims: &Claims) -> bool {
+    if configured.is_empty() {
+        return true; // the server's default audiences, whatever they are
+    }
+    let mut want: Vec<&str> = configured.iter().map(String::as_str).collect();
+    let mut have: Vec<&str> = claims.audiences.iter().map(String::as_str).collect();
+    want.sort_unstable();
+    have.sort_unstable();
+    want.dedup();
+    have.dedup();
+    want == have
+}
+
+fn unix(secs: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+/// RFC 3339 rendering of a wall-clock time, for logs and status.
+pub fn jiff_time(t: SystemTime) -> String {
+    jiff::Timestamp::try_from(t)
+        .map(|t| t.round(jiff::Unit::Second).unwrap_or(t).to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// Watch for wall-clock jumps against the monotonic clock once a minute and
+/// bump `jumps` when one happens (suspend/resume, a stepped clock). One task
+/// for all clusters: idle rotators are not woken otherwise.
+pub async fn watch_clock(jumps: watch::Sender<u64>, period: Duration, cancel: CancellationToken) {
+    let tolerance = Duration::from_secs(5);
+    let mut mono = Instant::now();
+    let mut wall = SystemTime::now();
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(period) => {}
+        }
+        let (mono_now, wall_now) = (Instant::now(), SystemTime::now());
+        let mono_elapsed = mono_now - mono;
+        let jumped = match wall_now.duration_since(wall) {
+            Ok(wall_elapsed) => {
+                wall_elapsed > mono_elapsed + tolerance || mono_elapsed > wall_elapsed + tolerance
+            }
+            Err(_) => true,
+        };
+        if jumped {
+            info!(
+                "the wall clock jumped relative to the monotonic clock: re-checking every schedule"
+            );
+            jumps.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        (mono, wall) = (mono_now, wall_now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Credentials, ServiceAccountRef};
+    use crate::reload::ReloadQueue;
+    use crate::state::ClusterStatus;
+    use crate::token::Token;
+    use base64::Engine as _;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn jwt(iat: u64, exp: u64) -> Token {
+        let e = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        Token::new(format!(
+            "{}.{}.{}",
+            e("{}"),
+            e(&format!(
+                r#"{{"sub":"system:serviceaccount:kube-system:prom","iat":{iat},"exp":{exp}}}"#
+            )),
+            e("sig")
+        ))
+        .unwrap()
+    }
+
+    fn now_secs() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    /// Issues tokens stamped with the real clock (paused tokio time does not
+    /// move it), failing the calls listed in `fail`.
+    struct FakeIssuer {
+        calls: Arc<AtomicUsize>,
+        lifetime: u64,
+        fail: Vec<usize>,
+    }
+
+    impl Issuer for FakeIssuer {
+        async fn issue(&self, _spec: &TokenSpec) -> Result<IssuedToken, IssueError> {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst);
+            if self.fail.contains(&n) {
+                return Err(IssueError::Server {
+                    code: 503,
+                    message: "injected".into(),
+                });
+            }
+            let now = now_secs();
+            let token = jwt(now, now + self.lifetime);
+            Ok(IssuedToken {
+                claims: token.claims().unwrap(),
+                token,
+                lifetime: Duration::from_secs(self.lifetime),
+                warning: None,
+            })
+        }
+    }
+
+    #[derive(Clone, Default)]
+    struct MemorySink(Arc<Mutex<Vec<Token>>>);
+
+    impl Sink for MemorySink {
+        async fn write(&self, token: &Token) -> Result<(), SinkError> {
+            self.0.lock().unwrap().push(token.clone());
+            Ok(())
+        }
+        fn current(&self) -> Option<Token> {
+            self.0.lock().unwrap().last().cloned()
+        }
+    }
+
+    fn cluster() -> Arc<ClusterSettings> {
+        Arc::new(ClusterSettings {
+            name: "c1".into(),
+            api_server: None,
+            ca_file: None,
+            insecure_skip_tls_verify: false,
+            service_account: ServiceAccountRef {
+                namespace: "kube-system".into(),
+                name: "prom".into(),
+            },
+            token_file: "/nonexistent/c1.token".into(),
+            audiences: vec![],
+            expiration: Duration::from_secs(3600),
+            refresh_at: 0.8,
+            file_mode: 0o640,
+            file_group: None,
+            credentials: Credentials::TokenFile("/nonexistent".into()),
+        })
+    }
+
+    struct Harness {
+        calls: Arc<AtomicUsize>,
+        sink: MemorySink,
+        queue: ReloadQueue,
+        cancel: CancellationToken,
+        handle: tokio::task::JoinHandle<()>,
+        state: Arc<State>,
+        _jumps: watch::Sender<u64>,
+        _commands: mpsc::Sender<Command>,
+    }
+
+    fn start(fail: Vec<usize>, sink: MemorySink) -> Harness {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let state = Arc::new(State::default());
+        state.insert(ClusterStatus::new(
+            "c1",
+            "kube-system/prom".into(),
+            "/x".into(),
+        ));
+        let queue = ReloadQueue::new();
+        let cancel = CancellationToken::new();
+        let (jumps, clock_jumps) = watch::channel(0);
+        let (commands_tx, commands) = mpsc::channel(1);
+        let rotator = Rotator {
+            cluster: cluster(),
+            issuer: FakeIssuer {
+                calls: calls.clone(),
+                lifetime: 3600,
+                fail,
+            },
+            sink: sink.clone(),
+            reload: queue.clone(),
+            state: state.clone(),
+            limiter: Arc::new(Semaphore::new(1)),
+            clock_jumps,
+            commands,
+            cancel: cancel.clone(),
+        };
+        Harness {
+            calls,
+            sink,
+            queue,
+            cancel,
+            handle: tokio::spawn(rotator.run()),
+            state,
+            _jumps: jumps,
+            _commands: commands_tx,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refreshes_at_about_eighty_percent_of_the_lifetime() {
+        let h = start(vec![], MemorySink::default());
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(h.calls.load(Ordering::SeqCst), 1);
+        assert_eq!(h.queue.generation(), 1);
+        // 48 min minus at most 60 s of jitter: not yet at 46 min, done by 48.
+        tokio::time::sleep(Duration::from_secs(46 * 60)).await;
+        assert_eq!(h.calls.load(Ordering::SeqCst), 1);
+        tokio::time::sleep(Duration::from_secs(2 * 60 + 1)).await;
+        assert_eq!(h.calls.load(Ordering::SeqCst), 2);
+        assert_eq!(h.sink.0.lock().unwrap().len(), 2);
+        h.cancel.cancel();
+        h.handle.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_keep_the_token_and_retry_with_backoff() {
+        let h = start(vec![1, 2, 3], MemorySink::default());
+        tokio::time::sleep(Duration::from_secs(49 * 60)).await;
+        // Call 0 succeeded, call 1 (the refresh) failed; retries follow within seconds.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert!(
+            h.calls.load(Ordering::SeqCst) >= 5,
+            "{}",
+            h.calls.load(Ordering::SeqCst)
+        );
+        let written = h.sink.0.lock().unwrap().len();
+        assert_eq!(written, 2, "one write per success, none per failure");
+        let status = h.state.clusters().remove(0);
+        assert_eq!(status.state, Phase::Fresh);
+        assert_eq!(status.errors.get("server_error"), Some(&3));
+        h.cancel.cancel();
+        h.handle.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_valid_token_on_disk_is_adopted_without_a_request() {
+        let sink = MemorySink::default();
+        let now = now_secs();
+        sink.0.lock().unwrap().push(jwt(now - 60, now + 3540));
+        let h = start(vec![], sink);
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(h.calls.load(Ordering::SeqCst), 0);
+        assert_eq!(h.queue.generation(), 0, "adoption asks for no reload");
+        h.cancel.cancel();
+        h.handle.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_token_past_its_refresh_point_is_replaced_at_once() {
+        let sink = MemorySink::default();
+        let now = now_secs();
+        sink.0.lock().unwrap().push(jwt(now - 3000, now + 600));
+        let h = start(vec![], sink);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(h.calls.load(Ordering::SeqCst), 1);
+        h.cancel.cancel();
+        h.handle.await.unwrap();
+    }
+
+    #[test]
+    fn audiences_compare_as_sets_and_empty_means_any() {
+        let claims = |aud: &[&str]| Claims {
+            subject: None,
+            audiences: aud.iter().map(|s| s.to_string()).collect(),
+            issued_at: None,
+            expires_at: 1,
+        };
+        assert!(audiences_match(&[], &claims(&["x"])));
+        assert!(audiences_match(
+            &["a".into(), "b".into()],
+            &claims(&["b", "a"])
+        ));
+        assert!(!audiences_match(&["a".into()], &claims(&["b"])));
+    }
+}

@@ -1,0 +1,167 @@
+//! What mcprom knows about each cluster and about Prometheus, shared by the
+//! rotators (writers) and everything that reports (logs, metrics, status,
+//! sd_notify).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use tokio::sync::watch;
+
+/// Where a cluster's rotation stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// Nothing known yet.
+    Unknown,
+    /// Holds a valid token; next refresh scheduled.
+    Fresh,
+    /// A TokenRequest is in flight.
+    Refreshing,
+    /// The last attempt failed; retrying; the current token is still valid.
+    Backoff,
+    /// The current token has expired (or there is none) and attempts fail.
+    Expired,
+    /// The cluster cannot be served as configured (e.g. a credential file is missing).
+    Error,
+}
+
+/// One cluster's status.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ClusterStatus {
+    /// Cluster name.
+    pub name: String,
+    /// `namespace/name`.
+    pub service_account: String,
+    /// The token file.
+    pub token_file: PathBuf,
+    /// Where rotation stands.
+    pub state: Phase,
+    /// `exp` of the token in the file.
+    pub expires_at: Option<SystemTime>,
+    /// `iat` of the token in the file.
+    pub issued_at: Option<SystemTime>,
+    /// When the last successful refresh finished.
+    pub last_refresh: Option<SystemTime>,
+    /// When the next attempt is planned.
+    pub next_refresh: Option<SystemTime>,
+    /// The last error, cleared by a success.
+    pub last_error: Option<String>,
+    /// The first attempt (or adoption) has had an outcome.
+    pub settled: bool,
+    /// Successful refreshes.
+    pub refreshes: u64,
+    /// Failed attempts by reason label.
+    pub errors: BTreeMap<&'static str, u64>,
+}
+
+impl ClusterStatus {
+    /// A status for a cluster that has not started yet.
+    pub fn new(name: &str, service_account: String, token_file: PathBuf) -> Self {
+        ClusterStatus {
+            name: name.to_owned(),
+            service_account,
+            token_file,
+            state: Phase::Unknown,
+            expires_at: None,
+            issued_at: None,
+            last_refresh: None,
+            next_refresh: None,
+            last_error: None,
+            settled: false,
+            refreshes: 0,
+            errors: BTreeMap::new(),
+        }
+    }
+
+    /// Whether the token in the file is valid at `now`.
+    pub fn valid_at(&self, now: SystemTime) -> bool {
+        self.expires_at.is_some_and(|exp| exp > now)
+    }
+}
+
+/// Outcomes of reloads of Prometheus.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ReloadStatus {
+    /// Successful reloads.
+    pub ok: u64,
+    /// Failed reloads.
+    pub failed: u64,
+    /// When the last reload succeeded.
+    pub last_success: Option<SystemTime>,
+    /// The last error, cleared by a success.
+    pub last_error: Option<String>,
+}
+
+/// Shared state. Cheap to lock: every critical section is a few field updates.
+#[derive(Debug)]
+pub struct State {
+    clusters: Mutex<BTreeMap<String, ClusterStatus>>,
+    reloads: Mutex<ReloadStatus>,
+    changed: watch::Sender<u64>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            clusters: Mutex::default(),
+            reloads: Mutex::default(),
+            changed: watch::Sender::new(0),
+        }
+    }
+}
+
+impl State {
+    /// Register a cluster (replacing any previous status of that name).
+    pub fn insert(&self, status: ClusterStatus) {
+        self.lock().insert(status.name.clone(), status);
+        self.bump();
+    }
+
+    /// Forget a cluster.
+    pub fn remove(&self, name: &str) {
+        self.lock().remove(name);
+        self.bump();
+    }
+
+    /// Change one cluster's status.
+    pub fn update(&self, name: &str, f: impl FnOnce(&mut ClusterStatus)) {
+        if let Some(status) = self.lock().get_mut(name) {
+            f(status);
+        }
+        self.bump();
+    }
+
+    /// A copy of every cluster's status, by name.
+    pub fn clusters(&self) -> Vec<ClusterStatus> {
+        self.lock().values().cloned().collect()
+    }
+
+    /// Change the reload status.
+    pub fn update_reloads(&self, f: impl FnOnce(&mut ReloadStatus)) {
+        f(&mut self.reloads.lock().unwrap_or_else(|e| e.into_inner()));
+        self.bump();
+    }
+
+    /// A copy of the reload status.
+    pub fn reloads(&self) -> ReloadStatus {
+        self.reloads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// A receiver that sees a new value after every change.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, ClusterStatus>> {
+        self.clusters.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn bump(&self) {
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
