@@ -143,14 +143,13 @@ fn remove_in_value(value: &mut Spanned<DeValue<'_>>, path: &[Step]) -> bool {
             // DeArray cannot remove; replace the element by an empty table,
             // which then deserializes (all keys are optional) and is
             // reported by the validator as lacking its required keys.
-            let item = items.iter_mut().nth(*index).expect("index checked");
+            let item = items.get_mut(*index).expect("index checked");
             let span = item.span();
             *item = Spanned::new(span, DeValue::Table(DeTable::new()));
             true
         }
         (DeValue::Array(items), [Step::Index(index), rest @ ..]) => items
-            .iter_mut()
-            .nth(*index)
+            .get_mut(*index)
             .is_some_and(|item| remove_in_value(item, rest)),
         _ => false,
     }

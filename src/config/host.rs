@@ -96,7 +96,9 @@ fn input_files(cluster: &ClusterSettings) -> Vec<(&'static str, PathBuf)> {
         files.push(("ca_file", ca.clone()));
     }
     match &cluster.credentials {
-        Credentials::Kubeconfig { path, .. } => files.push(("credentials.kubeconfig", path.clone())),
+        Credentials::Kubeconfig { path, .. } => {
+            files.push(("credentials.kubeconfig", path.clone()))
+        }
         Credentials::TokenFile(path) => files.push(("credentials.token_file", path.clone())),
         Credentials::ClientCert { cert, key } => {
             files.push(("credentials.client_cert", cert.clone()));

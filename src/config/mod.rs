@@ -36,8 +36,8 @@ pub const DEFAULT_PATH: &str = "/etc/mcprom.toml";
 /// the path and the OS error.
 pub fn load(path: &Path) -> Result<Settings, ConfigError> {
     let absolute = validate::absolute(path);
-    let text = std::fs::read_to_string(&absolute)
-        .map_err(|e| ConfigError::unreadable(&absolute, &e))?;
+    let text =
+        std::fs::read_to_string(&absolute).map_err(|e| ConfigError::unreadable(&absolute, &e))?;
     parse(&text, &absolute)
 }
 

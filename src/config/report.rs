@@ -138,7 +138,10 @@ mod tests {
     #[test]
     fn did_you_mean_finds_typos_but_not_unrelated_words() {
         let keys = ["service_account", "token_file", "name"];
-        assert_eq!(did_you_mean("servce_account", &keys), Some("service_account"));
+        assert_eq!(
+            did_you_mean("servce_account", &keys),
+            Some("service_account")
+        );
         assert_eq!(did_you_mean("token_flie", &keys), Some("token_file"));
         assert_eq!(did_you_mean("colour", &keys), None);
     }

@@ -74,9 +74,7 @@ impl ConfigError {
             std::io::ErrorKind::NotFound => {
                 "create it (config/mcprom.toml is the documented reference) or pass --config PATH"
             }
-            std::io::ErrorKind::PermissionDenied => {
-                "make it readable by the user mcprom runs as"
-            }
+            std::io::ErrorKind::PermissionDenied => "make it readable by the user mcprom runs as",
             std::io::ErrorKind::InvalidData => "the file must be UTF-8 text",
             _ => "check the path given with --config or MCPROM_CONFIG",
         };
@@ -147,12 +145,16 @@ struct Defaults {
     file_group: Option<String>,
 }
 
+/// A file a cluster reads: the key naming it, the resolved path, and the
+/// byte offset of its value.
+type InputFile = (&'static str, PathBuf, usize);
+
 /// Where a cluster's output and input files were set, for cross-checks.
 struct ClusterFiles {
     label: String,
     offset: usize,
     token_file_offset: Option<usize>,
-    inputs: Vec<(&'static str, PathBuf, usize)>,
+    inputs: Vec<InputFile>,
     self_renew: bool,
 }
 
@@ -196,7 +198,8 @@ impl Validator<'_> {
                 .path_value(&socket, "[control]", "socket")
                 .unwrap_or_default(),
         };
-        let concurrent_requests = match file.limits.and_then(|l| l.into_inner().concurrent_requests) {
+        let concurrent_requests = match file.limits.and_then(|l| l.into_inner().concurrent_requests)
+        {
             None => DEFAULT_CONCURRENT_REQUESTS,
             Some(n) => match usize::try_from(*n.get_ref()) {
                 Ok(n) if n >= 1 => n,
@@ -262,13 +265,23 @@ impl Validator<'_> {
                 None
             }
             Err(message) => {
-                self.error(value.span().start, context, format!("key {key:?}: {message}"));
+                self.error(
+                    value.span().start,
+                    context,
+                    format!("key {key:?}: {message}"),
+                );
                 None
             }
         }
     }
 
-    fn url_value(&mut self, value: &Spanned<String>, context: &str, key: &str, example: &str) -> Option<Url> {
+    fn url_value(
+        &mut self,
+        value: &Spanned<String>,
+        context: &str,
+        key: &str,
+        example: &str,
+    ) -> Option<Url> {
         let problem = match Url::parse(value.get_ref()) {
             Ok(url) if !matches!(url.scheme(), "http" | "https") => {
                 format!("scheme {:?} is not http or https", url.scheme())
@@ -283,7 +296,10 @@ impl Validator<'_> {
         self.error(
             value.span().start,
             context,
-            format!("key {key:?}: invalid URL {:?}: {problem} (e.g. {key} = {example:?})", value.get_ref()),
+            format!(
+                "key {key:?}: invalid URL {:?}: {problem} (e.g. {key} = {example:?})",
+                value.get_ref()
+            ),
         );
         None
     }
@@ -315,7 +331,9 @@ impl Validator<'_> {
                         return Some(mode);
                     }
                     Ok(_) if !digits.starts_with('+') && !digits.is_empty() => {
-                        format!("{text:?} is above 0777 (setuid, setgid and sticky bits are not allowed)")
+                        format!(
+                            "{text:?} is above 0777 (setuid, setgid and sticky bits are not allowed)"
+                        )
                     }
                     _ => format!("{text:?} is not an octal mode"),
                 }
@@ -388,7 +406,10 @@ impl Validator<'_> {
             .as_ref()
             .and_then(|d| self.duration_value(d, CX, "delay", Duration::ZERO))
             .unwrap_or(DEFAULT_DELAY);
-        let ca_file = file.ca_file.as_ref().and_then(|p| self.path_value(p, CX, "ca_file"));
+        let ca_file = file
+            .ca_file
+            .as_ref()
+            .and_then(|p| self.path_value(p, CX, "ca_file"));
         let password_file = file
             .password_file
             .as_ref()
@@ -457,11 +478,18 @@ impl Validator<'_> {
                 .as_ref()
                 .and_then(|m| self.file_mode_value(m, CX))
                 .unwrap_or(DEFAULT_FILE_MODE),
-            file_group: file.file_group.as_ref().and_then(|g| self.group_value(g, CX)),
+            file_group: file
+                .file_group
+                .as_ref()
+                .and_then(|g| self.group_value(g, CX)),
         }
     }
 
-    fn clusters(&mut self, clusters: Vec<Spanned<ClusterFile>>, defaults: &Defaults) -> Vec<ClusterSettings> {
+    fn clusters(
+        &mut self,
+        clusters: Vec<Spanned<ClusterFile>>,
+        defaults: &Defaults,
+    ) -> Vec<ClusterSettings> {
         let mut out = Vec::new();
         let mut files = Vec::new();
         let mut names: HashMap<String, usize> = HashMap::new();
@@ -485,7 +513,9 @@ impl Validator<'_> {
                     names.insert(name.get_ref().clone(), name.span().start);
                 }
             }
-            if let Some((settings, cluster_files)) = self.cluster(&cluster, offset, &label, defaults) {
+            if let Some((settings, cluster_files)) =
+                self.cluster(&cluster, offset, &label, defaults)
+            {
                 out.push(settings);
                 files.push(cluster_files);
             }
@@ -529,8 +559,14 @@ impl Validator<'_> {
             .api_server
             .as_ref()
             .and_then(|u| self.url_value(u, cx, "api_server", "https://192.168.0.153:6443"));
-        let ca_file = c.ca_file.as_ref().and_then(|p| self.path_value(p, cx, "ca_file"));
-        let insecure_skip_tls_verify = c.insecure_skip_tls_verify.as_ref().is_some_and(|b| *b.get_ref());
+        let ca_file = c
+            .ca_file
+            .as_ref()
+            .and_then(|p| self.path_value(p, cx, "ca_file"));
+        let insecure_skip_tls_verify = c
+            .insecure_skip_tls_verify
+            .as_ref()
+            .is_some_and(|b| *b.get_ref());
         let service_account = match &c.service_account {
             None => {
                 self.missing(
@@ -591,7 +627,10 @@ impl Validator<'_> {
             Some(g) => self.group_value(g, cx),
         };
         let (credentials, inputs) = self.credentials(c.credentials.as_ref(), offset, cx)?;
-        if api_server.is_none() && c.api_server.is_none() && !matches!(credentials, Credentials::Kubeconfig { .. }) {
+        if api_server.is_none()
+            && c.api_server.is_none()
+            && !matches!(credentials, Credentials::Kubeconfig { .. })
+        {
             self.missing(
                 offset,
                 cx,
@@ -633,8 +672,9 @@ impl Validator<'_> {
         creds: Option<&Spanned<CredentialsFile>>,
         cluster_offset: usize,
         cx: &str,
-    ) -> Option<(Credentials, Vec<(&'static str, PathBuf, usize)>)> {
-        const CHOICES: &str = "exactly one of kubeconfig, token_file, client_cert + client_key, self = true";
+    ) -> Option<(Credentials, Vec<InputFile>)> {
+        const CHOICES: &str =
+            "exactly one of kubeconfig, token_file, client_cert + client_key, self = true";
         let Some(creds) = creds else {
             self.missing(
                 cluster_offset,
@@ -672,7 +712,10 @@ impl Validator<'_> {
                 } else {
                     ""
                 };
-                if self.report.was_suggested(cx, |k| k.starts_with("credentials.")) {
+                if self
+                    .report
+                    .was_suggested(cx, |k| k.starts_with("credentials."))
+                {
                     return None;
                 }
                 self.error(
@@ -716,15 +759,17 @@ impl Validator<'_> {
             }
         } else if let Some(t) = &creds.token_file {
             Credentials::TokenFile(path(self, t, "credentials.token_file")?)
-        } else if let Some(s) = creds.self_renew.as_ref().filter(|s| *s.get_ref()) {
-            let _ = s;
+        } else if creds.self_renew.as_ref().is_some_and(|s| *s.get_ref()) {
             Credentials::SelfRenew
         } else {
             match (&creds.client_cert, &creds.client_key) {
                 (Some(cert), Some(key)) => {
                     let cert = path(self, cert, "credentials.client_cert");
                     let key = path(self, key, "credentials.client_key");
-                    Credentials::ClientCert { cert: cert?, key: key? }
+                    Credentials::ClientCert {
+                        cert: cert?,
+                        key: key?,
+                    }
                 }
                 (Some(cert), None) => {
                     self.error(
@@ -766,10 +811,18 @@ impl Validator<'_> {
                 "key \"token_file\" (defaulted to {token_dir}/{name}.token)"
             };
             if let Some(&first) = writers.get(cluster.token_file.as_path()) {
+                if clusters[first].name == cluster.name {
+                    // Already reported as a duplicate name.
+                    continue;
+                }
                 let message = format!(
                     "{key}: {shown} is also written by {} (line {}) (give each cluster its own token_file)",
                     files[first].label,
-                    self.report.line(files[first].token_file_offset.unwrap_or(files[first].offset)),
+                    self.report.line(
+                        files[first]
+                            .token_file_offset
+                            .unwrap_or(files[first].offset)
+                    ),
                 );
                 self.error(at, &f.label, message);
             } else {
@@ -823,7 +876,8 @@ fn parse_service_account(text: &str) -> Result<ServiceAccountRef, &'static str> 
 fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
