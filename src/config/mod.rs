@@ -1,41 +1,51 @@
 //! Configuration: the file, its validation, and the settings the daemon uses.
-//! (Stub: the validator lands in its own change.)
+//!
+//! - `file.rs` mirrors the TOML file in serde structs (unknown keys denied);
+//! - `decode.rs` parses text into them, reporting every syntax, unknown-key
+//!   and type problem with `file:line:col`;
+//! - `validate.rs` turns them into [`Settings`]: defaults, absolute paths,
+//!   domain types, and the checks that need only the file;
+//! - `host.rs` checks settings against this machine ([`host_problems`]) and
+//!   gives advice ([`warnings`]).
+//!
+//! Two kinds of problems, two behaviours (see DESIGN.md): a [`ConfigError`]
+//! means the file is wrong and mcprom refuses it; a [`HostProblem`] means the
+//! host is not ready for one cluster, which `mcprom run` tolerates.
+
+mod decode;
+mod duration;
+pub mod file;
+mod host;
+mod report;
 mod settings;
+pub mod validate;
+
+pub use duration::{format_duration, parse_duration};
+pub use host::{HostProblem, host_problems, warnings};
 pub use settings::*;
+pub use validate::ConfigError;
 
 use std::path::Path;
-use std::time::Duration;
 
-/// Default config path.
+/// Default config path (`MCPROM_CONFIG` or `--config` override it).
 pub const DEFAULT_PATH: &str = "/etc/mcprom.toml";
 
-/// A configuration file that is wrong.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ConfigError(pub String);
+/// Reads and validates the file at `path`.
+///
+/// A missing or unreadable file is a [`ConfigError`] too; its message names
+/// the path and the OS error.
+pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+    let absolute = validate::absolute(path);
+    let text =
+        std::fs::read_to_string(&absolute).map_err(|e| ConfigError::unreadable(&absolute, &e))?;
+    parse(&text, &absolute)
+}
 
-/// A host problem.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct HostProblem(pub String);
+/// Validates `text` as if read from `path`: `path` is made absolute, and
+/// relative paths in the file resolve against its directory.
+pub fn parse(text: &str, path: &Path) -> Result<Settings, ConfigError> {
+    validate::validate(text, &validate::absolute(path))
+}
 
-/// Read and validate.
-pub fn load(_path: &Path) -> Result<Settings, ConfigError> {
-    unimplemented!()
-}
-/// Validate text.
-pub fn parse(_text: &str, _path: &Path) -> Result<Settings, ConfigError> {
-    unimplemented!()
-}
-/// Host problems.
-pub fn host_problems(_settings: &Settings) -> Vec<HostProblem> {
-    unimplemented!()
-}
-/// Warnings.
-pub fn warnings(_settings: &Settings) -> Vec<String> {
-    unimplemented!()
-}
-/// Parse a duration.
-pub fn parse_duration(_s: &str) -> Result<Duration, String> {
-    unimplemented!()
-}
+#[cfg(test)]
+mod tests;

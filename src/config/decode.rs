@@ -1,0 +1,305 @@
+//! TOML text → [`FileConfig`], reporting every syntax, unknown-key and
+//! wrong-type problem rather than only the first.
+//!
+//! serde stops at the first error. To report them all, the document is
+//! parsed once into a spanned tree; after each serde error the offending
+//! entry is located by its span, reported, removed from the tree, and the
+//! tree deserialized again. Each round removes one entry, so this ends.
+
+use serde::Deserialize;
+use serde_spanned::Spanned;
+use toml::de::{DeTable, DeValue, Deserializer};
+
+use super::file::FileConfig;
+use super::report::{Report, did_you_mean};
+
+/// One step from the root of the tree to an entry.
+#[derive(Debug, Clone, PartialEq)]
+enum Step {
+    Key(String),
+    Index(usize),
+}
+
+/// Whether an error points at a key itself or at its value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Hit {
+    Key,
+    Value,
+}
+
+/// Parses and deserializes `text`. Returns `None` (with problems in
+/// `report`) on a syntax error; otherwise the file with every bad entry
+/// left out, each of them reported.
+pub(crate) fn decode(text: &str, report: &mut Report<'_>) -> Option<FileConfig> {
+    let (mut root, errors) = DeTable::parse_recoverable(text);
+    if !errors.is_empty() {
+        for error in errors {
+            let span = error.span().unwrap_or(0..0);
+            let found = text.get(span.clone()).unwrap_or("");
+            report.add(span.start, "", syntax_message(error.message(), found));
+        }
+        return None;
+    }
+    loop {
+        let error = match FileConfig::deserialize(Deserializer::from(root.clone())) {
+            Ok(file) => return Some(file),
+            Err(error) => error,
+        };
+        let located = error
+            .span()
+            .and_then(|span| locate_in_table(root.get_ref(), span.start).map(|l| (span.start, l)));
+        let Some((offset, (path, hit))) = located else {
+            // Not attributable to an entry: report it as is and give up.
+            let offset = error.span().map_or(0, |s| s.start);
+            report.add(offset, "", error.message());
+            return None;
+        };
+        let (context, key) = describe_path(root.get_ref(), &path);
+        let (message, suggestion) = explain(error.message(), &key, &path, hit);
+        if let Some(suggestion) = suggestion {
+            report.suggested(&context, suggestion);
+        }
+        report.add(offset, &context, message);
+        if !remove(root.get_mut(), &path) {
+            return None;
+        }
+    }
+}
+
+fn syntax_message(message: &str, found: &str) -> String {
+    if message.contains("duplicate key") && !found.is_empty() {
+        return format!(
+            "TOML syntax error: duplicate key {:?} (each key may appear once per table; \
+             remove or rename one of them)",
+            found.trim_matches('"')
+        );
+    }
+    format!("TOML syntax error: {message} (see https://toml.io for the syntax)")
+}
+
+fn span_contains(span: &std::ops::Range<usize>, offset: usize) -> bool {
+    span.start <= offset && offset < span.end.max(span.start + 1)
+}
+
+fn locate_in_table(table: &DeTable<'_>, offset: usize) -> Option<(Vec<Step>, Hit)> {
+    for (key, _) in table.iter() {
+        if span_contains(&key.span(), offset) {
+            return Some((vec![Step::Key(key.get_ref().to_string())], Hit::Key));
+        }
+    }
+    for (key, value) in table.iter() {
+        let step = Step::Key(key.get_ref().to_string());
+        if let Some((mut path, hit)) = locate_in_value(value.get_ref(), offset) {
+            path.insert(0, step);
+            return Some((path, hit));
+        }
+        if span_contains(&value.span(), offset) {
+            return Some((vec![step], Hit::Value));
+        }
+    }
+    None
+}
+
+/// Descends into tables and arrays of tables only: an error inside an array
+/// of plain values is the array key's problem.
+fn locate_in_value(value: &DeValue<'_>, offset: usize) -> Option<(Vec<Step>, Hit)> {
+    match value {
+        DeValue::Table(table) => locate_in_table(table, offset),
+        DeValue::Array(items) => {
+            for (index, item) in items.iter().enumerate() {
+                if let DeValue::Table(table) = item.get_ref() {
+                    if let Some((mut path, hit)) = locate_in_table(table, offset) {
+                        path.insert(0, Step::Index(index));
+                        return Some((path, hit));
+                    }
+                    if span_contains(&item.span(), offset) {
+                        return Some((vec![Step::Index(index)], Hit::Value));
+                    }
+                }
+            }
+            None
+        }
+        _ => None,
+    }
+}
+
+fn remove(table: &mut DeTable<'_>, path: &[Step]) -> bool {
+    match path {
+        [Step::Key(key)] => table.remove(key.as_str()).is_some(),
+        [Step::Key(key), rest @ ..] => {
+            let Some(value) = table.get_mut(key.as_str()) else {
+                return false;
+            };
+            remove_in_value(value, rest)
+        }
+        _ => false,
+    }
+}
+
+fn remove_in_value(value: &mut Spanned<DeValue<'_>>, path: &[Step]) -> bool {
+    match (value.get_mut(), path) {
+        (DeValue::Table(table), _) => remove(table, path),
+        (DeValue::Array(items), [Step::Index(index)]) if *index < items.len() => {
+            // DeArray cannot remove; replace the element by an empty table,
+            // which then deserializes (all keys are optional) and is
+            // reported by the validator as lacking its required keys.
+            let item = items.get_mut(*index).expect("index checked");
+            let span = item.span();
+            *item = Spanned::new(span, DeValue::Table(DeTable::new()));
+            true
+        }
+        (DeValue::Array(items), [Step::Index(index), rest @ ..]) => items
+            .get_mut(*index)
+            .is_some_and(|item| remove_in_value(item, rest)),
+        _ => false,
+    }
+}
+
+/// The context (`[prometheus]`, `cluster "prod"`, or empty at top level)
+/// and the dotted key within it.
+fn describe_path(root: &DeTable<'_>, path: &[Step]) -> (String, String) {
+    let keys = |steps: &[Step]| {
+        steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Key(k) => Some(k.as_str()),
+                Step::Index(_) => None,
+            })
+            .collect::<Vec<_>>()
+            .join(".")
+    };
+    match path {
+        [Step::Key(section), Step::Index(index), rest @ ..] if section == "cluster" => {
+            let name = root
+                .get("cluster")
+                .and_then(|c| c.get_ref().get(*index))
+                .and_then(|c| c.get_ref().get("name"))
+                .and_then(|n| n.get_ref().as_str());
+            (cluster_label(name, *index), keys(rest))
+        }
+        [Step::Key(section), rest @ ..] if !rest.is_empty() => (format!("[{section}]"), keys(rest)),
+        _ => (String::new(), keys(path)),
+    }
+}
+
+/// How messages name a cluster: by name when it has one.
+pub(crate) fn cluster_label(name: Option<&str>, index: usize) -> String {
+    match name {
+        Some(name) => format!("cluster {name:?}"),
+        None => format!("cluster #{}", index + 1),
+    }
+}
+
+/// Keys valid in each table, for "belongs elsewhere" hints.
+const SECTIONS: &[(&str, &[&str])] = &[
+    (
+        "[prometheus]",
+        &[
+            "url",
+            "reload",
+            "timeout",
+            "delay",
+            "username",
+            "password_file",
+            "bearer_token_file",
+        ],
+    ),
+    ("[defaults]", &["token_dir"]),
+    ("[metrics]", &["listen"]),
+    ("[control]", &["socket"]),
+    ("[limits]", &["concurrent_requests"]),
+    (
+        "[cluster.credentials]",
+        &["kubeconfig", "context", "client_cert", "client_key", "self"],
+    ),
+    (
+        "[[cluster]]",
+        &["name", "api_server", "service_account", "audiences"],
+    ),
+];
+
+/// Turns a serde error about the entry at `path` into our wording, and
+/// returns the key it suggested instead, if any.
+fn explain(message: &str, key: &str, path: &[Step], hit: Hit) -> (String, Option<String>) {
+    let leaf = key.rsplit('.').next().unwrap_or(key);
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        let expected: Vec<&str> = rest.split('`').skip(2).step_by(2).collect();
+        let known: Vec<String> = key_prefix(key)
+            .map(|p| expected.iter().map(|e| format!("{p}.{e}")).collect())
+            .unwrap_or_else(|| expected.iter().map(|e| e.to_string()).collect());
+        let known: Vec<&str> = known.iter().map(String::as_str).collect();
+        let best = did_you_mean(key, &known);
+        let elsewhere = SECTIONS
+            .iter()
+            .find(|(_, keys)| keys.contains(&leaf) && !expected.contains(&leaf))
+            .map(|(section, _)| section);
+        let hint = match (elsewhere, best) {
+            (Some(section), Some(best)) => {
+                format!("{leaf:?} belongs in {section}; or did you mean {best:?}?")
+            }
+            (Some(section), None) => format!("{leaf:?} belongs in {section}"),
+            (None, Some(best)) => format!("did you mean {best:?}?"),
+            (None, None) if known.is_empty() => "this table takes no keys".to_string(),
+            (None, None) => format!("valid keys here: {}", known.join(", ")),
+        };
+        return (
+            format!("unknown key {key:?} ({hint})"),
+            best.map(str::to_string),
+        );
+    }
+    let message = match message.find("expected struct ") {
+        Some(i) => format!("{}expected a table", &message[..i]),
+        None => message.to_string(),
+    };
+    let hint = if path.len() == 1 && key == "cluster" {
+        "write each cluster as a [[cluster]] table, with double brackets".to_string()
+    } else if path.len() == 1 && hit == Hit::Value {
+        format!("write [{key}] on a line of its own, followed by its keys")
+    } else if leaf == "file_mode" {
+        "write it as a quoted octal string, e.g. \"0640\"".to_string()
+    } else if let Some(example) = example(leaf) {
+        format!("e.g. {example}")
+    } else {
+        "see config/mcprom.toml for the reference".to_string()
+    };
+    (format!("key {key:?}: {message} ({hint})"), None)
+}
+
+/// `credentials` for `credentials.kubeconfg`.
+fn key_prefix(key: &str) -> Option<&str> {
+    key.rsplit_once('.').map(|(prefix, _)| prefix)
+}
+
+/// An example of a correct line for each key, shown with type errors.
+fn example(key: &str) -> Option<&'static str> {
+    Some(match key {
+        "url" => r#"url = "http://127.0.0.1:9090""#,
+        "reload" => r#"reload = "on_rotation""#,
+        "timeout" => r#"timeout = "60s""#,
+        "delay" => r#"delay = "2s""#,
+        "ca_file" => r#"ca_file = "/etc/mcprom/prod/ca.crt""#,
+        "username" => r#"username = "mcprom""#,
+        "password_file" => r#"password_file = "/etc/mcprom/prometheus.password""#,
+        "bearer_token_file" => r#"bearer_token_file = "/etc/mcprom/prometheus.token""#,
+        "token_dir" => r#"token_dir = "/var/lib/mcprom/tokens""#,
+        "expiration" => r#"expiration = "1h""#,
+        "refresh_at" => "refresh_at = 0.8",
+        "file_group" => r#"file_group = "prometheus""#,
+        "listen" => r#"listen = "127.0.0.1:9719""#,
+        "socket" => r#"socket = "/run/mcprom/control.sock""#,
+        "concurrent_requests" => "concurrent_requests = 32",
+        "name" => r#"name = "prod""#,
+        "api_server" => r#"api_server = "https://192.168.0.153:6443""#,
+        "insecure_skip_tls_verify" => "insecure_skip_tls_verify = false",
+        "service_account" => r#"service_account = "kube-system/prometheus""#,
+        "token_file" => r#"token_file = "/var/lib/mcprom/tokens/prod.token""#,
+        "audiences" => r#"audiences = ["https://kubernetes.default.svc"]"#,
+        "kubeconfig" => r#"kubeconfig = "/etc/mcprom/prod/kubeconfig""#,
+        "context" => r#"context = "prod-admin""#,
+        "client_cert" => r#"client_cert = "/etc/mcprom/prod/client.crt""#,
+        "client_key" => r#"client_key = "/etc/mcprom/prod/client.key""#,
+        "self" => "self = true",
+        "credentials" => "[cluster.credentials] followed by kubeconfig = \"...\"",
+        _ => return None,
+    })
+}

@@ -1,0 +1,883 @@
+//! [`FileConfig`] → [`Settings`]: defaults, path resolution and every check
+//! that can be made from the file alone. Host checks live in `host.rs`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use serde_spanned::Spanned;
+use url::Url;
+
+use super::decode::{cluster_label, decode};
+use super::duration::parse_duration;
+use super::file::{ClusterFile, CredentialsFile, DefaultsFile, FileConfig, ModeValue};
+use super::report::{Report, did_you_mean};
+use super::settings::*;
+
+const DEFAULT_PROMETHEUS_URL: &str = "http://127.0.0.1:9090";
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_DELAY: Duration = Duration::from_secs(2);
+const DEFAULT_TOKEN_DIR: &str = "/var/lib/mcprom/tokens";
+const DEFAULT_EXPIRATION: Duration = Duration::from_secs(3600);
+const DEFAULT_REFRESH_AT: f64 = 0.8;
+const DEFAULT_FILE_MODE: u32 = 0o640;
+const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9719";
+const DEFAULT_CONTROL_SOCKET: &str = "/run/mcprom/control.sock";
+const DEFAULT_CONCURRENT_REQUESTS: usize = 32;
+
+/// The configuration could not be used: the file is unreadable or wrong.
+///
+/// `mcprom run` refuses to start on it (exit 78); a live reload keeps the
+/// last good configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read (missing, permissions, not UTF-8).
+    #[error("{message}")]
+    Unreadable {
+        /// The file (absolute).
+        path: PathBuf,
+        /// `cannot read /etc/mcprom.toml: No such file or directory (os error 2) (hint)`.
+        message: String,
+        /// What the OS said, for callers that treat "missing" specially.
+        kind: std::io::ErrorKind,
+    },
+    /// The file was read, and has one or more problems.
+    #[error("{}", problems.join("\n"))]
+    Invalid {
+        /// The file (absolute).
+        path: PathBuf,
+        /// One line per problem, in file order:
+        /// `/etc/mcprom.toml:14:1: cluster "prod": unknown key "servce_account" (did you mean "service_account"?)`.
+        problems: Vec<String>,
+    },
+}
+
+impl ConfigError {
+    /// Every problem, one line each (a single line for an unreadable file).
+    pub fn problems(&self) -> &[String] {
+        match self {
+            ConfigError::Unreadable { message, .. } => std::slice::from_ref(message),
+            ConfigError::Invalid { problems, .. } => problems,
+        }
+    }
+
+    /// The config file concerned (absolute).
+    pub fn path(&self) -> &Path {
+        match self {
+            ConfigError::Unreadable { path, .. } | ConfigError::Invalid { path, .. } => path,
+        }
+    }
+
+    pub(crate) fn unreadable(path: &Path, error: &std::io::Error) -> Self {
+        let hint = match error.kind() {
+            std::io::ErrorKind::NotFound => {
+                "create it (config/mcprom.toml is the documented reference) or pass --config PATH"
+            }
+            std::io::ErrorKind::PermissionDenied => "make it readable by the user mcprom runs as",
+            std::io::ErrorKind::InvalidData => "the file must be UTF-8 text",
+            _ => "check the path given with --config or MCPROM_CONFIG",
+        };
+        ConfigError::Unreadable {
+            path: path.to_path_buf(),
+            message: format!("cannot read {}: {error} ({hint})", path.display()),
+            kind: error.kind(),
+        }
+    }
+}
+
+/// Makes `path` absolute against the current directory, without touching
+/// the file system beyond that.
+pub(crate) fn absolute(path: &Path) -> PathBuf {
+    let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    normalize(&path)
+}
+
+/// Removes `.` and resolves `..` lexically, so two spellings of one path
+/// compare equal.
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push(component);
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// Validates `text` as the file at `path` (absolute).
+pub(crate) fn validate(text: &str, path: &Path) -> Result<Settings, ConfigError> {
+    let mut report = Report::new(path, text);
+    let Some(file) = decode(text, &mut report) else {
+        return Err(report.into_error().expect("decode reports why it failed"));
+    };
+    let base = path.parent().unwrap_or(Path::new("/")).to_path_buf();
+    let mut v = Validator {
+        report,
+        base,
+        path: path.to_path_buf(),
+    };
+    let settings = v.settings(file);
+    match v.report.into_error() {
+        Some(error) => Err(error),
+        None => Ok(settings),
+    }
+}
+
+struct Validator<'a> {
+    report: Report<'a>,
+    base: PathBuf,
+    path: PathBuf,
+}
+
+/// `[defaults]` after validation, with the built-in defaults applied.
+struct Defaults {
+    token_dir: PathBuf,
+    expiration: Duration,
+    refresh_at: f64,
+    file_mode: u32,
+    file_group: Option<String>,
+}
+
+/// A file a cluster reads: the key naming it, the resolved path, and the
+/// byte offset of its value.
+type InputFile = (&'static str, PathBuf, usize);
+
+/// Where a cluster's output and input files were set, for cross-checks.
+struct ClusterFiles {
+    label: String,
+    offset: usize,
+    token_file_offset: Option<usize>,
+    inputs: Vec<InputFile>,
+    self_renew: bool,
+}
+
+impl Validator<'_> {
+    fn error(&mut self, offset: usize, context: &str, message: impl AsRef<str>) {
+        self.report.add(offset, context, message);
+    }
+
+    /// Reports a missing key, unless a misspelling of it was already reported.
+    fn missing(&mut self, offset: usize, context: &str, key: &str, message: impl AsRef<str>) {
+        if !self.report.was_suggested(context, |k| k == key) {
+            self.report.add(offset, context, message);
+        }
+    }
+
+    fn settings(&mut self, file: FileConfig) -> Settings {
+        let prometheus = self.prometheus(file.prometheus.map(Spanned::into_inner));
+        let defaults = self.defaults(file.defaults.map(Spanned::into_inner));
+        let listen = match file.metrics.and_then(|m| m.into_inner().listen) {
+            None => Some(DEFAULT_METRICS_LISTEN.parse().expect("valid default")),
+            Some(listen) if listen.get_ref().is_empty() => None,
+            Some(listen) => match listen.get_ref().parse::<SocketAddr>() {
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    self.error(
+                        listen.span().start,
+                        "[metrics]",
+                        format!(
+                            "key \"listen\": {:?} is not an IP address and port \
+                             (e.g. \"127.0.0.1:9719\" or \"[::1]:9719\"; \"\" disables the endpoint)",
+                            listen.get_ref()
+                        ),
+                    );
+                    None
+                }
+            },
+        };
+        let socket = match file.control.and_then(|c| c.into_inner().socket) {
+            None => PathBuf::from(DEFAULT_CONTROL_SOCKET),
+            Some(socket) => self
+                .path_value(&socket, "[control]", "socket")
+                .unwrap_or_default(),
+        };
+        let concurrent_requests = match file.limits.and_then(|l| l.into_inner().concurrent_requests)
+        {
+            None => DEFAULT_CONCURRENT_REQUESTS,
+            Some(n) => match usize::try_from(*n.get_ref()) {
+                Ok(n) if n >= 1 => n,
+                _ => {
+                    self.error(
+                        n.span().start,
+                        "[limits]",
+                        format!(
+                            "key \"concurrent_requests\": must be at least 1, got {} \
+                             (it bounds TokenRequests in flight across all clusters; 32 suits most hosts)",
+                            n.get_ref()
+                        ),
+                    );
+                    DEFAULT_CONCURRENT_REQUESTS
+                }
+            },
+        };
+        let clusters = self.clusters(file.cluster, &defaults);
+        Settings {
+            path: self.path.clone(),
+            prometheus,
+            metrics: MetricsSettings { listen },
+            control: ControlSettings { socket },
+            limits: Limits {
+                concurrent_requests,
+            },
+            clusters,
+        }
+    }
+
+    /// A path value: non-empty, resolved against the config file's directory.
+    fn path_value(&mut self, value: &Spanned<String>, context: &str, key: &str) -> Option<PathBuf> {
+        if value.get_ref().is_empty() {
+            self.error(
+                value.span().start,
+                context,
+                format!("key {key:?}: the path is empty (remove the key to use the default, or name a file)"),
+            );
+            return None;
+        }
+        Some(normalize(&self.base.join(value.get_ref())))
+    }
+
+    fn duration_value(
+        &mut self,
+        value: &Spanned<String>,
+        context: &str,
+        key: &str,
+        minimum: Duration,
+    ) -> Option<Duration> {
+        match parse_duration(value.get_ref()) {
+            Ok(d) if d >= minimum => Some(d),
+            Ok(_) => {
+                self.error(
+                    value.span().start,
+                    context,
+                    format!(
+                        "key {key:?}: {:?} is too short (the minimum is {})",
+                        value.get_ref(),
+                        super::duration::format_duration(minimum)
+                    ),
+                );
+                None
+            }
+            Err(message) => {
+                self.error(
+                    value.span().start,
+                    context,
+                    format!("key {key:?}: {message}"),
+                );
+                None
+            }
+        }
+    }
+
+    fn url_value(
+        &mut self,
+        value: &Spanned<String>,
+        context: &str,
+        key: &str,
+        example: &str,
+    ) -> Option<Url> {
+        let problem = match Url::parse(value.get_ref()) {
+            Ok(url) if !matches!(url.scheme(), "http" | "https") => {
+                format!("scheme {:?} is not http or https", url.scheme())
+            }
+            Ok(url) if url.host().is_none() => "it has no host".to_string(),
+            Ok(url) if url.query().is_some() || url.fragment().is_some() => {
+                "it must not carry a query or fragment".to_string()
+            }
+            Ok(url) => return Some(url),
+            Err(e) => e.to_string(),
+        };
+        self.error(
+            value.span().start,
+            context,
+            format!(
+                "key {key:?}: invalid URL {:?}: {problem} (e.g. {key} = {example:?})",
+                value.get_ref()
+            ),
+        );
+        None
+    }
+
+    fn refresh_at_value(&mut self, value: &Spanned<f64>, context: &str) -> Option<f64> {
+        let x = *value.get_ref();
+        if x > 0.0 && x < 1.0 {
+            return Some(x);
+        }
+        self.error(
+            value.span().start,
+            context,
+            format!(
+                "key \"refresh_at\": {x} is outside (0, 1) (it is the fraction of the token \
+                 lifetime after which mcprom refreshes, strictly between 0 and 1; 0.8 is a good value)"
+            ),
+        );
+        None
+    }
+
+    fn file_mode_value(&mut self, value: &Spanned<ModeValue>, context: &str) -> Option<u32> {
+        const HINT: &str = "write it as a quoted octal string, e.g. \"0640\"";
+        let problem = match value.get_ref() {
+            ModeValue::Integer(n) => format!("{n} is a number, not an octal string"),
+            ModeValue::Text(text) => {
+                let digits = text.strip_prefix("0o").unwrap_or(text);
+                match u32::from_str_radix(digits, 8) {
+                    Ok(mode) if !digits.is_empty() && !digits.starts_with('+') && mode <= 0o777 => {
+                        return Some(mode);
+                    }
+                    Ok(_) if !digits.starts_with('+') && !digits.is_empty() => {
+                        format!(
+                            "{text:?} is above 0777 (setuid, setgid and sticky bits are not allowed)"
+                        )
+                    }
+                    _ => format!("{text:?} is not an octal mode"),
+                }
+            }
+        };
+        self.error(
+            value.span().start,
+            context,
+            format!("key \"file_mode\": {problem} ({HINT})"),
+        );
+        None
+    }
+
+    fn group_value(&mut self, value: &Spanned<String>, context: &str) -> Option<String> {
+        let group = value.get_ref();
+        let valid = !group.is_empty()
+            && group.len() <= 32
+            && !group.starts_with('-')
+            && group
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '$'));
+        if valid {
+            return Some(group.clone());
+        }
+        self.error(
+            value.span().start,
+            context,
+            format!(
+                "key \"file_group\": {group:?} is not a group name (name the group that may \
+                 read the token files, e.g. \"prometheus\", or remove the key for no chgrp)"
+            ),
+        );
+        None
+    }
+
+    fn prometheus(&mut self, file: Option<super::file::PrometheusFile>) -> PrometheusSettings {
+        const CX: &str = "[prometheus]";
+        let file = file.unwrap_or_default();
+        let url = file
+            .url
+            .as_ref()
+            .and_then(|u| self.url_value(u, CX, "url", DEFAULT_PROMETHEUS_URL))
+            .unwrap_or_else(|| Url::parse(DEFAULT_PROMETHEUS_URL).expect("valid default"));
+        let reload = match &file.reload {
+            None => ReloadMode::OnRotation,
+            Some(r) => match r.get_ref().as_str() {
+                "on_rotation" => ReloadMode::OnRotation,
+                "never" => ReloadMode::Never,
+                other => {
+                    let hint = match did_you_mean(other, &["on_rotation", "never"]) {
+                        Some(best) => format!("did you mean {best:?}?"),
+                        None => "use \"on_rotation\" or \"never\"".to_string(),
+                    };
+                    self.error(
+                        r.span().start,
+                        CX,
+                        format!("key \"reload\": unknown mode {other:?} ({hint})"),
+                    );
+                    ReloadMode::OnRotation
+                }
+            },
+        };
+        let timeout = file
+            .timeout
+            .as_ref()
+            .and_then(|t| self.duration_value(t, CX, "timeout", Duration::from_millis(1)))
+            .unwrap_or(DEFAULT_TIMEOUT);
+        let delay = file
+            .delay
+            .as_ref()
+            .and_then(|d| self.duration_value(d, CX, "delay", Duration::ZERO))
+            .unwrap_or(DEFAULT_DELAY);
+        let ca_file = file
+            .ca_file
+            .as_ref()
+            .and_then(|p| self.path_value(p, CX, "ca_file"));
+        let password_file = file
+            .password_file
+            .as_ref()
+            .and_then(|p| self.path_value(p, CX, "password_file"));
+        let bearer_token_file = file
+            .bearer_token_file
+            .as_ref()
+            .and_then(|p| self.path_value(p, CX, "bearer_token_file"));
+        let username = file.username.as_ref().map(|u| u.get_ref().clone());
+        match (&file.username, &file.password_file) {
+            (Some(u), None) => self.error(
+                u.span().start,
+                CX,
+                "key \"username\": basic auth needs a password too (add password_file = \"...\", or remove username)",
+            ),
+            (None, Some(p)) => self.error(
+                p.span().start,
+                CX,
+                "key \"password_file\": basic auth needs a user too (add username = \"...\", or remove password_file)",
+            ),
+            _ => {}
+        }
+        if let Some(b) = &file.bearer_token_file
+            && (file.username.is_some() || file.password_file.is_some())
+        {
+            self.error(
+                b.span().start,
+                CX,
+                "key \"bearer_token_file\": a bearer token and basic auth (username/password_file) \
+                 are exclusive (keep the one Prometheus's web config expects)",
+            );
+        }
+        PrometheusSettings {
+            url,
+            reload,
+            timeout,
+            delay,
+            ca_file,
+            username,
+            password_file,
+            bearer_token_file,
+        }
+    }
+
+    fn defaults(&mut self, file: Option<DefaultsFile>) -> Defaults {
+        const CX: &str = "[defaults]";
+        let file = file.unwrap_or_default();
+        Defaults {
+            token_dir: file
+                .token_dir
+                .as_ref()
+                .and_then(|d| self.path_value(d, CX, "token_dir"))
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_TOKEN_DIR)),
+            expiration: file
+                .expiration
+                .as_ref()
+                .and_then(|e| self.duration_value(e, CX, "expiration", Duration::from_secs(1)))
+                .unwrap_or(DEFAULT_EXPIRATION),
+            refresh_at: file
+                .refresh_at
+                .as_ref()
+                .and_then(|r| self.refresh_at_value(r, CX))
+                .unwrap_or(DEFAULT_REFRESH_AT),
+            file_mode: file
+                .file_mode
+                .as_ref()
+                .and_then(|m| self.file_mode_value(m, CX))
+                .unwrap_or(DEFAULT_FILE_MODE),
+            file_group: file
+                .file_group
+                .as_ref()
+                .and_then(|g| self.group_value(g, CX)),
+        }
+    }
+
+    fn clusters(
+        &mut self,
+        clusters: Vec<Spanned<ClusterFile>>,
+        defaults: &Defaults,
+    ) -> Vec<ClusterSettings> {
+        let mut out = Vec::new();
+        let mut files = Vec::new();
+        let mut names: HashMap<String, usize> = HashMap::new();
+        for (index, cluster) in clusters.into_iter().enumerate() {
+            let offset = cluster.span().start;
+            let cluster = cluster.into_inner();
+            let label = cluster_label(cluster.name.as_ref().map(|n| n.get_ref().as_str()), index);
+            if let Some(name) = &cluster.name {
+                if let Some(first) = names.get(name.get_ref()) {
+                    let line = self.report.line(*first);
+                    self.error(
+                        name.span().start,
+                        &label,
+                        format!(
+                            "key \"name\": duplicate cluster name {:?}, first used on line {line} \
+                             (names must be unique: they label metrics and name token files)",
+                            name.get_ref()
+                        ),
+                    );
+                } else {
+                    names.insert(name.get_ref().clone(), name.span().start);
+                }
+            }
+            if let Some((settings, cluster_files)) =
+                self.cluster(&cluster, offset, &label, defaults)
+            {
+                out.push(settings);
+                files.push(cluster_files);
+            }
+        }
+        self.cross_check_files(&out, &files);
+        out
+    }
+
+    fn cluster(
+        &mut self,
+        c: &ClusterFile,
+        offset: usize,
+        cx: &str,
+        defaults: &Defaults,
+    ) -> Option<(ClusterSettings, ClusterFiles)> {
+        let name = match &c.name {
+            None => {
+                self.missing(
+                    offset,
+                    cx,
+                    "name",
+                    "missing key \"name\" (every [[cluster]] needs a unique name, e.g. name = \"prod\")",
+                );
+                None
+            }
+            Some(n) if valid_cluster_name(n.get_ref()) => Some(n.get_ref().clone()),
+            Some(n) => {
+                self.error(
+                    n.span().start,
+                    cx,
+                    format!(
+                        "key \"name\": {:?} is not a valid cluster name (use lowercase letters, digits, \
+                         '-' and '_', starting with a letter or digit: it becomes a file name and a label)",
+                        n.get_ref()
+                    ),
+                );
+                None
+            }
+        };
+        let api_server = c
+            .api_server
+            .as_ref()
+            .and_then(|u| self.url_value(u, cx, "api_server", "https://192.168.0.153:6443"));
+        let ca_file = c
+            .ca_file
+            .as_ref()
+            .and_then(|p| self.path_value(p, cx, "ca_file"));
+        let insecure_skip_tls_verify = c
+            .insecure_skip_tls_verify
+            .as_ref()
+            .is_some_and(|b| *b.get_ref());
+        let service_account = match &c.service_account {
+            None => {
+                self.missing(
+                    offset,
+                    cx,
+                    "service_account",
+                    "missing key \"service_account\" (the ServiceAccount whose tokens Prometheus \
+                     uses, as namespace/name, e.g. service_account = \"kube-system/prometheus\")",
+                );
+                None
+            }
+            Some(sa) => match parse_service_account(sa.get_ref()) {
+                Ok(sa) => Some(sa),
+                Err(why) => {
+                    self.error(
+                        sa.span().start,
+                        cx,
+                        format!(
+                            "key \"service_account\": {:?} {why} (write namespace/name, e.g. \"kube-system/prometheus\")",
+                            sa.get_ref()
+                        ),
+                    );
+                    None
+                }
+            },
+        };
+        let token_file = match (&c.token_file, &name) {
+            (Some(p), _) => self.path_value(p, cx, "token_file"),
+            (None, Some(name)) => Some(defaults.token_dir.join(format!("{name}.token"))),
+            (None, None) => None,
+        };
+        let mut audiences = Vec::new();
+        for audience in c.audiences.iter().flat_map(|a| a.get_ref()) {
+            if audience.get_ref().is_empty() {
+                self.error(
+                    audience.span().start,
+                    cx,
+                    "key \"audiences\": an audience is empty (remove it; an empty list means the API server's default)",
+                );
+            } else {
+                audiences.push(audience.get_ref().clone());
+            }
+        }
+        let expiration = match &c.expiration {
+            None => Some(defaults.expiration),
+            Some(e) => self.duration_value(e, cx, "expiration", Duration::from_secs(1)),
+        };
+        let refresh_at = match &c.refresh_at {
+            None => Some(defaults.refresh_at),
+            Some(r) => self.refresh_at_value(r, cx),
+        };
+        let file_mode = match &c.file_mode {
+            None => Some(defaults.file_mode),
+            Some(m) => self.file_mode_value(m, cx),
+        };
+        let file_group = match &c.file_group {
+            None => defaults.file_group.clone(),
+            Some(g) => self.group_value(g, cx),
+        };
+        let (credentials, inputs) = self.credentials(c.credentials.as_ref(), offset, cx)?;
+        if api_server.is_none()
+            && c.api_server.is_none()
+            && !matches!(credentials, Credentials::Kubeconfig { .. })
+        {
+            self.missing(
+                offset,
+                cx,
+                "api_server",
+                "missing key \"api_server\" (required unless the credential is a kubeconfig, \
+                 e.g. api_server = \"https://192.168.0.153:6443\")",
+            );
+        }
+        let mut inputs = inputs;
+        if let (Some(ca), Some(spanned)) = (&ca_file, &c.ca_file) {
+            inputs.insert(0, ("ca_file", ca.clone(), spanned.span().start));
+        }
+        let files = ClusterFiles {
+            label: cx.to_string(),
+            offset,
+            token_file_offset: c.token_file.as_ref().map(|t| t.span().start),
+            inputs,
+            self_renew: matches!(credentials, Credentials::SelfRenew),
+        };
+        let settings = ClusterSettings {
+            name: name?,
+            api_server,
+            ca_file,
+            insecure_skip_tls_verify,
+            service_account: service_account?,
+            token_file: token_file?,
+            audiences,
+            expiration: expiration?,
+            refresh_at: refresh_at?,
+            file_mode: file_mode?,
+            file_group,
+            credentials,
+        };
+        Some((settings, files))
+    }
+
+    fn credentials(
+        &mut self,
+        creds: Option<&Spanned<CredentialsFile>>,
+        cluster_offset: usize,
+        cx: &str,
+    ) -> Option<(Credentials, Vec<InputFile>)> {
+        const CHOICES: &str =
+            "exactly one of kubeconfig, token_file, client_cert + client_key, self = true";
+        let Some(creds) = creds else {
+            self.missing(
+                cluster_offset,
+                cx,
+                "credentials",
+                format!(
+                    "missing table [cluster.credentials] (how mcprom authenticates to call TokenRequest: \
+                     add it below this cluster with {CHOICES})"
+                ),
+            );
+            return None;
+        };
+        let offset = creds.span().start;
+        let creds = creds.get_ref();
+        // Each present way, with the offset of its first key.
+        let mut ways: Vec<(&str, usize)> = Vec::new();
+        if let Some(k) = &creds.kubeconfig {
+            ways.push(("kubeconfig", k.span().start));
+        }
+        if let Some(t) = &creds.token_file {
+            ways.push(("token_file", t.span().start));
+        }
+        let cert = creds.client_cert.as_ref().or(creds.client_key.as_ref());
+        if let Some(c) = cert {
+            ways.push(("client_cert + client_key", c.span().start));
+        }
+        if let Some(s) = creds.self_renew.as_ref().filter(|s| *s.get_ref()) {
+            ways.push(("self = true", s.span().start));
+        }
+        ways.sort_by_key(|(_, offset)| *offset);
+        match ways.as_slice() {
+            [] => {
+                let hint = if creds.self_renew.is_some() {
+                    "self = false is not a credential; "
+                } else {
+                    ""
+                };
+                if self
+                    .report
+                    .was_suggested(cx, |k| k.starts_with("credentials."))
+                {
+                    return None;
+                }
+                self.error(
+                    offset,
+                    cx,
+                    format!("[cluster.credentials] names no credential ({hint}set {CHOICES})"),
+                );
+                return None;
+            }
+            [_] => {}
+            [(first, _), (second, at), ..] => {
+                self.error(
+                    *at,
+                    cx,
+                    format!(
+                        "key \"credentials\": both {first} and {second} are set (choose {CHOICES})"
+                    ),
+                );
+                return None;
+            }
+        }
+        if let Some(context) = &creds.context
+            && creds.kubeconfig.is_none()
+        {
+            self.error(
+                context.span().start,
+                cx,
+                "key \"credentials.context\": context only applies to a kubeconfig (remove it, or use kubeconfig = \"...\")",
+            );
+        }
+        let mut inputs = Vec::new();
+        let mut path = |v: &mut Self, value: &Spanned<String>, key: &'static str| {
+            let p = v.path_value(value, cx, key)?;
+            inputs.push((key, p.clone(), value.span().start));
+            Some(p)
+        };
+        let credentials = if let Some(k) = &creds.kubeconfig {
+            Credentials::Kubeconfig {
+                path: path(self, k, "credentials.kubeconfig")?,
+                context: creds.context.as_ref().map(|c| c.get_ref().clone()),
+            }
+        } else if let Some(t) = &creds.token_file {
+            Credentials::TokenFile(path(self, t, "credentials.token_file")?)
+        } else if creds.self_renew.as_ref().is_some_and(|s| *s.get_ref()) {
+            Credentials::SelfRenew
+        } else {
+            match (&creds.client_cert, &creds.client_key) {
+                (Some(cert), Some(key)) => {
+                    let cert = path(self, cert, "credentials.client_cert");
+                    let key = path(self, key, "credentials.client_key");
+                    Credentials::ClientCert {
+                        cert: cert?,
+                        key: key?,
+                    }
+                }
+                (Some(cert), None) => {
+                    self.error(
+                        cert.span().start,
+                        cx,
+                        "key \"credentials.client_cert\": a client certificate needs its key (add client_key = \"...\")",
+                    );
+                    return None;
+                }
+                (None, Some(key)) => {
+                    self.error(
+                        key.span().start,
+                        cx,
+                        "key \"credentials.client_key\": a client key needs its certificate (add client_cert = \"...\")",
+                    );
+                    return None;
+                }
+                (None, None) => unreachable!("one way is present"),
+            }
+        };
+        Some((credentials, inputs))
+    }
+
+    /// Token files written twice, or written over a credential.
+    fn cross_check_files(&mut self, clusters: &[ClusterSettings], files: &[ClusterFiles]) {
+        let mut writers: HashMap<&Path, usize> = HashMap::new();
+        let mut readers: HashMap<&Path, (usize, &'static str)> = HashMap::new();
+        for (i, f) in files.iter().enumerate() {
+            for (key, path, _) in &f.inputs {
+                readers.entry(path.as_path()).or_insert((i, key));
+            }
+        }
+        for (i, (cluster, f)) in clusters.iter().zip(files).enumerate() {
+            let at = f.token_file_offset.unwrap_or(f.offset);
+            let shown = cluster.token_file.display();
+            let key = if f.token_file_offset.is_some() {
+                "key \"token_file\""
+            } else {
+                "key \"token_file\" (defaulted to {token_dir}/{name}.token)"
+            };
+            if let Some(&first) = writers.get(cluster.token_file.as_path()) {
+                if clusters[first].name == cluster.name {
+                    // Already reported as a duplicate name.
+                    continue;
+                }
+                let message = format!(
+                    "{key}: {shown} is also written by {} (line {}) (give each cluster its own token_file)",
+                    files[first].label,
+                    self.report.line(
+                        files[first]
+                            .token_file_offset
+                            .unwrap_or(files[first].offset)
+                    ),
+                );
+                self.error(at, &f.label, message);
+            } else {
+                writers.insert(cluster.token_file.as_path(), i);
+            }
+            if let Some(&(reader, credential)) = readers.get(cluster.token_file.as_path()) {
+                let whose = if reader == i {
+                    "this cluster's own".to_string()
+                } else {
+                    format!("{}'s", files[reader].label)
+                };
+                if !(reader == i && f.self_renew) {
+                    let message = format!(
+                        "{key}: {shown} is {whose} {credential}; mcprom would overwrite a credential \
+                         with the token it issues (write the token elsewhere, e.g. /var/lib/mcprom/tokens/{}.token)",
+                        cluster.name
+                    );
+                    self.error(at, &f.label, message);
+                }
+            }
+        }
+    }
+}
+
+/// `[a-z0-9][a-z0-9_-]*`.
+fn valid_cluster_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+}
+
+/// `namespace/name`: a DNS-1123 label and a DNS-1123 subdomain.
+fn parse_service_account(text: &str) -> Result<ServiceAccountRef, &'static str> {
+    let Some((namespace, name)) = text.split_once('/') else {
+        return Err("has no '/'");
+    };
+    if !is_dns_label(namespace) {
+        return Err("has an invalid namespace (lowercase letters, digits and '-', at most 63)");
+    }
+    if name.len() > 253 || !name.split('.').all(is_dns_label) {
+        return Err("has an invalid name (lowercase letters, digits, '-' and '.')");
+    }
+    Ok(ServiceAccountRef {
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+    })
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
