@@ -26,10 +26,13 @@
 
 pub mod app;
 pub mod cli;
+pub mod commands;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod issuer;
 pub mod logging;
+pub mod notify;
 pub mod reload;
 pub mod rotator;
 pub mod schedule;
