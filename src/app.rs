@@ -524,12 +524,20 @@ pub const ROTATE_TIMEOUT: Duration = Duration::from_secs(90);
 /// The daemon: start, follow the config file, serve the control socket,
 /// talk to systemd, run until `shutdown` resolves, stop.
 pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+    run_with_state(settings, Arc::new(State::default()), shutdown).await
+}
+
+/// [`run`] with a state the caller can read afterwards (the demo's summary).
+pub async fn run_with_state(
+    settings: Settings,
+    state: Arc<State>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartError> {
     use tokio::signal::unix::{SignalKind, signal};
 
     let path = settings.path.clone();
     let socket = settings.control.socket.clone();
     let last_content = std::fs::read(&path).ok();
-    let state = Arc::new(State::default());
     let cancel = CancellationToken::new();
     let supervisor = Supervisor::start(settings, state.clone(), cancel.clone())?;
     let mut daemon = Daemon {
