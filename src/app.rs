@@ -404,6 +404,13 @@ impl Daemon {
         if trigger == Trigger::FileEvent && self.last_content.as_ref() == Some(&content) {
             return Ok(false);
         }
+        if trigger == Trigger::FileEvent && content.iter().all(u8::is_ascii_whitespace) {
+            // An in-place save truncates first: an empty file is (almost
+            // certainly) half-written, and applying it would stop every
+            // cluster. The write that follows brings another event.
+            warn!(config = %self.path.display(), "the config file is empty: waiting for the rest of the write (use `mcprom reload` to apply an empty config on purpose)");
+            return Ok(false);
+        }
         self.last_content = Some(content.clone());
         notify::reloading();
         let outcome = self.apply(&content);

@@ -64,7 +64,7 @@ pub fn status_from_disk(settings: &Settings) -> StatusReport {
 
 fn parse_time(text: &Option<String>) -> Option<SystemTime> {
     let t: jiff::Timestamp = text.as_deref()?.parse().ok()?;
-    SystemTime::try_from(t).ok()
+    Some(SystemTime::from(t))
 }
 
 fn relative(text: &Option<String>, now: SystemTime) -> String {

@@ -47,8 +47,6 @@ pub fn watchdog() {
 
 /// The watchdog period systemd asked for (`WATCHDOG_USEC` for this pid), if any.
 pub fn watchdog_interval() -> Option<Duration> {
-    if std::env::var_os("NOTIFY_SOCKET").is_none() {
-        return None;
-    }
+    std::env::var_os("NOTIFY_SOCKET")?;
     sd_notify::watchdog_enabled()
 }
