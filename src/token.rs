@@ -131,7 +131,7 @@ impl Claims {
         let seconds = |v: Option<f64>, name: &str| -> Result<Option<u64>, TokenError> {
             match v {
                 None => Ok(None),
-                Some(x) if x.is_finite() && x >= 0.0 && x < 1e13 => Ok(Some(x as u64)),
+                Some(x) if (0.0..1e13).contains(&x) => Ok(Some(x as u64)),
                 Some(_) => Err(TokenError::Claims(format!("{name} is out of range"))),
             }
         };
