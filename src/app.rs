@@ -18,6 +18,7 @@ use crate::config::watch::{ConfigWatcher, DEBOUNCE};
 use crate::config::{self, ClusterSettings, PrometheusSettings, ReloadMode, Settings};
 use crate::control;
 use crate::issuer::{KubeIssuer, REQUEST_TIMEOUT};
+use crate::metrics;
 use crate::notify;
 use crate::reload::{self, ReloadQueue, Reloader};
 use crate::rotator::{self, Command, Rotator};
@@ -382,11 +383,45 @@ struct Daemon {
     supervisor: Supervisor,
     ready: bool,
     last_status: String,
+    metrics: Option<(std::net::SocketAddr, CancellationToken)>,
+    cancel: CancellationToken,
 }
 
 impl Daemon {
+    /// Start, move or stop the `/metrics` listener to match `listen`.
+    async fn sync_metrics(&mut self, listen: Option<std::net::SocketAddr>) {
+        if self.metrics.as_ref().map(|(addr, _)| *addr) == listen {
+            return;
+        }
+        if let Some((_, cancel)) = self.metrics.take() {
+            cancel.cancel();
+        }
+        let Some(addr) = listen else { return };
+        match metrics::bind(addr).await {
+            Ok(listener) => {
+                let cancel = self.cancel.child_token();
+                tokio::spawn(metrics::serve(
+                    listener,
+                    self.supervisor.state().clone(),
+                    cancel.clone(),
+                ));
+                self.metrics = Some((addr, cancel));
+            }
+            Err(e) => {
+                error!(listen = %addr, error = %e, "cannot serve /metrics ([metrics] listen)")
+            }
+        }
+    }
+
     /// Re-read the config; apply it when valid and different. `Ok(changed)`.
-    fn reload(&mut self, trigger: Trigger) -> Result<bool, String> {
+    async fn reload(&mut self, trigger: Trigger) -> Result<bool, String> {
+        let outcome = self.reload_settings(trigger);
+        let listen = self.supervisor.settings().metrics.listen;
+        self.sync_metrics(listen).await;
+        outcome
+    }
+
+    fn reload_settings(&mut self, trigger: Trigger) -> Result<bool, String> {
         let content = match std::fs::read(&self.path) {
             Ok(c) => c,
             Err(e) => {
@@ -553,7 +588,11 @@ pub async fn run_with_state(
         supervisor,
         ready: false,
         last_status: String::new(),
+        metrics: None,
+        cancel: cancel.clone(),
     };
+    let listen = daemon.supervisor.settings().metrics.listen;
+    daemon.sync_metrics(listen).await;
 
     let (control_tx, mut control_rx) = mpsc::channel::<control::Incoming>(16);
     match control::bind(&socket) {
@@ -581,6 +620,7 @@ pub async fn run_with_state(
     let mut status_tick = tokio::time::interval(Duration::from_secs(10));
     status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     daemon.report_health();
+    let mut reread_at: Option<tokio::time::Instant> = None;
 
     tokio::pin!(shutdown);
     loop {
@@ -588,10 +628,15 @@ pub async fn run_with_state(
             () = &mut shutdown => break,
             Some(_) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
                 info!("SIGHUP: re-reading the configuration");
-                let _ = daemon.reload(Trigger::Explicit);
+                let _ = daemon.reload(Trigger::Explicit).await;
             }
-            () = async { match watcher.as_mut() { Some(w) => w.changed(DEBOUNCE).await, None => std::future::pending().await } } => {
-                let _ = daemon.reload(Trigger::FileEvent);
+            () = async { match watcher.as_mut() { Some(w) => w.event().await, None => std::future::pending().await } } => {
+                // Debounce: re-read once the directory has been quiet for a while.
+                reread_at = Some(tokio::time::Instant::now() + DEBOUNCE);
+            }
+            () = async { match reread_at { Some(at) => tokio::time::sleep_until(at).await, None => std::future::pending().await } } => {
+                reread_at = None;
+                let _ = daemon.reload(Trigger::FileEvent).await;
             }
             Some((request, reply)) = control_rx.recv() => match request {
                 control::Request::Status => {
@@ -599,7 +644,7 @@ pub async fn run_with_state(
                 }
                 control::Request::Rotate { clusters } => daemon.rotate(clusters, reply),
                 control::Request::Reload => {
-                    let outcome = daemon.reload(Trigger::Explicit);
+                    let outcome = daemon.reload(Trigger::Explicit).await;
                     let _ = reply.send(control::Response::Reload {
                         ok: outcome.is_ok(),
                         changed: outcome.as_ref().is_ok_and(|c| *c),

@@ -32,6 +32,7 @@ pub mod control;
 pub mod demo;
 pub mod issuer;
 pub mod logging;
+pub mod metrics;
 pub mod notify;
 pub mod reload;
 pub mod rotator;

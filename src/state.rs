@@ -50,6 +50,8 @@ pub struct ClusterStatus {
     pub last_error: Option<String>,
     /// The first attempt (or adoption) has had an outcome.
     pub settled: bool,
+    /// When mcprom's own credential for the cluster expires, if known.
+    pub credential_expires_at: Option<SystemTime>,
     /// Successful refreshes.
     pub refreshes: u64,
     /// Failed attempts by reason label.
@@ -70,6 +72,7 @@ impl ClusterStatus {
             next_refresh: None,
             last_error: None,
             settled: false,
+            credential_expires_at: None,
             refreshes: 0,
             errors: BTreeMap::new(),
         }

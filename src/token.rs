@@ -173,6 +173,9 @@ pub struct IssuedToken {
     pub lifetime: Duration,
     /// What the server said about a shortened lifetime (its `Warning` header), if anything.
     pub warning: Option<String>,
+    /// When mcprom's own credential for this cluster expires, where it can
+    /// be known (issuer token `exp`, client certificate `notAfter`).
+    pub credential_expires_at: Option<SystemTime>,
 }
 
 #[cfg(test)]

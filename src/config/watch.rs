@@ -59,17 +59,12 @@ impl ConfigWatcher {
         &self.dirs
     }
 
-    /// Wait for something to happen in a watched directory, then for
-    /// `quiet` without further events (a burst of edits is one change).
-    pub async fn changed(&mut self, quiet: Duration) {
+    /// Wait for the next event in a watched directory. Cancellation-safe:
+    /// the caller debounces (see [`DEBOUNCE`]) in its own loop, so that a
+    /// select! on other events never loses one.
+    pub async fn event(&mut self) {
         if self.events.recv().await.is_none() {
             std::future::pending::<()>().await;
-        }
-        loop {
-            match tokio::time::timeout(quiet, self.events.recv()).await {
-                Ok(Some(())) => continue,
-                Ok(None) | Err(_) => return,
-            }
         }
     }
 }
