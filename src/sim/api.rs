@@ -245,8 +245,12 @@ async fn route(
     let policy = &settings.policy;
     let get = method == Method::GET;
     let resp = match segs {
-        [p @ ("version" | "healthz" | "livez" | "readyz")] | [p @ ("api" | "apis")] if get => {
-            let path = format!("/{p}");
+        ["version" | "healthz" | "livez" | "readyz" | "api" | "apis"]
+        | ["api", "v1"]
+        | ["apis", "authentication.k8s.io", "v1"]
+            if get =>
+        {
+            let path = format!("/{}", segs.join("/"));
             if !policy.allows_path(&who, &path) {
                 return Ok(status_resp(
                     403,
@@ -255,33 +259,7 @@ async fn route(
                     Some(json!({})),
                 ));
             }
-            non_resource(p)
-        }
-        ["api", "v1"] if get => {
-            if !policy.allows_path(&who, "/api/v1") {
-                return Ok(status_resp(
-                    403,
-                    "Forbidden",
-                    &rbac::forbidden_path_message(&who, "get", "/api/v1"),
-                    Some(json!({})),
-                ));
-            }
-            json_resp(StatusCode::OK, &core_resources())
-        }
-        ["apis", "authentication.k8s.io", "v1"] if get => {
-            if !policy.allows_path(&who, "/apis/authentication.k8s.io/v1") {
-                return Ok(status_resp(
-                    403,
-                    "Forbidden",
-                    &rbac::forbidden_path_message(&who, "get", "/apis/authentication.k8s.io/v1"),
-                    Some(json!({})),
-                ));
-            }
-            json_resp(
-                StatusCode::OK,
-                &json!({"kind": "APIResourceList", "apiVersion": "v1",
-                        "groupVersion": "authentication.k8s.io/v1", "resources": []}),
-            )
+            non_resource(&path)
         }
         ["api", "v1", "nodes"] if get => authorized(policy, &who, "list", "nodes", None, None)
             .unwrap_or_else(|| json_resp(StatusCode::OK, &node_list(&settings.nodes))),
@@ -646,9 +624,10 @@ async fn token_request(
     Ok(resp)
 }
 
+/// Version, discovery and health documents (`path` as requested, e.g. `/api/v1`).
 fn non_resource(path: &str) -> Resp {
     match path {
-        "version" => json_resp(
+        "/version" => json_resp(
             StatusCode::OK,
             &json!({
                 "major": "1",
@@ -662,7 +641,7 @@ fn non_resource(path: &str) -> Resp {
                 "platform": "linux/amd64",
             }),
         ),
-        "api" => json_resp(
+        "/api" => json_resp(
             StatusCode::OK,
             &json!({
                 "kind": "APIVersions",
@@ -670,7 +649,7 @@ fn non_resource(path: &str) -> Resp {
                 "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1:6443"}],
             }),
         ),
-        "apis" => json_resp(
+        "/apis" => json_resp(
             StatusCode::OK,
             &json!({
                 "kind": "APIGroupList",
@@ -681,6 +660,12 @@ fn non_resource(path: &str) -> Resp {
                     "preferredVersion": {"groupVersion": "authentication.k8s.io/v1", "version": "v1"},
                 }],
             }),
+        ),
+        "/api/v1" => json_resp(StatusCode::OK, &core_resources()),
+        "/apis/authentication.k8s.io/v1" => json_resp(
+            StatusCode::OK,
+            &json!({"kind": "APIResourceList", "apiVersion": "v1",
+                    "groupVersion": "authentication.k8s.io/v1", "resources": []}),
         ),
         _ => respond(StatusCode::OK, "text/plain; charset=utf-8", "ok"),
     }
