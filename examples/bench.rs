@@ -52,7 +52,9 @@ fn parse_args() -> Args {
             "--steady" => args.steady = value().parse().expect("seconds"),
             "--baseline" => args.baseline = value().parse().expect("count"),
             "--edits" => args.edits = value().parse().expect("count"),
-            other => panic!("unknown flag {other}; see the doc comment at the top of examples/bench.rs"),
+            other => {
+                panic!("unknown flag {other}; see the doc comment at the top of examples/bench.rs")
+            }
         }
     }
     args
@@ -60,7 +62,10 @@ fn parse_args() -> Args {
 
 fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("own path");
-    exe.parent().and_then(Path::parent).expect("target dir").to_owned()
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_owned()
 }
 
 struct Proc(Child);
@@ -95,7 +100,14 @@ fn status_field(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix(field)?.trim().split(' ').next()?.parse().ok())
+        .find_map(|l| {
+            l.strip_prefix(field)?
+                .trim()
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
         .unwrap_or(0)
 }
 
@@ -109,7 +121,10 @@ fn wakeups(pid: u32) -> u64 {
         .map(|t| {
             let text = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
             text.lines()
-                .filter(|l| l.starts_with("voluntary_ctxt_switches") || l.starts_with("nonvoluntary_ctxt_switches"))
+                .filter(|l| {
+                    l.starts_with("voluntary_ctxt_switches")
+                        || l.starts_with("nonvoluntary_ctxt_switches")
+                })
                 .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
                 .sum::<u64>()
         })
@@ -130,7 +145,9 @@ fn reload_receiver() -> (String, Arc<AtomicU64>) {
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 2048];
                 loop {
-                    let Ok(n) = stream.read(&mut chunk) else { return };
+                    let Ok(n) = stream.read(&mut chunk) else {
+                        return;
+                    };
                     if n == 0 {
                         return;
                     }
@@ -140,7 +157,10 @@ fn reload_receiver() -> (String, Arc<AtomicU64>) {
                             counter.fetch_add(1, Ordering::SeqCst);
                         }
                         buf.drain(..end + 4);
-                        if stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").is_err() {
+                        if stream
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                            .is_err()
+                        {
                             return;
                         }
                     }
@@ -161,7 +181,13 @@ fn start_sim(dir: &Path, clusters: usize) -> SimRun {
     let mut child = Command::new(bin_dir().join("mcprom-sim"))
         .arg("--dir")
         .arg(dir)
-        .args(["--shared-port", "--clusters", &clusters.to_string(), "--min-expiration", "1s"])
+        .args([
+            "--shared-port",
+            "--clusters",
+            &clusters.to_string(),
+            "--min-expiration",
+            "1s",
+        ])
         .stdout(Stdio::piped())
         .spawn()
         .expect("start mcprom-sim (cargo build --release --bins)");
@@ -196,7 +222,12 @@ fn config(dir: &Path, sim: &SimRun, n: usize, expiration: &str, reload_url: &str
         dir.join("tokens").display(),
         dir.join("control.sock").display()
     );
-    for c in sim.ready["clusters"].as_array().expect("clusters").iter().take(n) {
+    for c in sim.ready["clusters"]
+        .as_array()
+        .expect("clusters")
+        .iter()
+        .take(n)
+    {
         text.push_str(&format!(
             "[[cluster]]\nname = \"{}\"\nservice_account = \"kube-system/prometheus-test\"\n[cluster.credentials]\nkubeconfig = \"{}\"\n",
             c["name"].as_str().expect("name"),
@@ -264,13 +295,18 @@ fn measure(n: usize, args: &Args) -> Row {
     let (reload_url, reloads) = reload_receiver();
     let path = dir.join("mcprom.toml");
     let tokens = dir.join("tokens");
-    let mut row = Row { n, ..Row::default() };
+    let mut row = Row {
+        n,
+        ..Row::default()
+    };
 
     // Cold start with 1 h tokens, then idle.
     save(&path, &config(&dir, &sim, n, "1h", &reload_url));
     let started = Instant::now();
     let daemon = start_mcprom(&path);
-    wait_until("cold start", Duration::from_secs(600), || count_tokens(&tokens) >= n);
+    wait_until("cold start", Duration::from_secs(600), || {
+        count_tokens(&tokens) >= n
+    });
     row.cold_start = started.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_secs(5));
     row.reloads_first_batch = reloads.load(Ordering::SeqCst);
@@ -300,10 +336,16 @@ fn measure(n: usize, args: &Args) -> Row {
     let _ = std::fs::remove_dir_all(&tokens);
     save(&path, &config(&dir, &sim, n, "10s", &reload_url));
     let daemon = start_mcprom(&path);
-    wait_until("steady cold start", Duration::from_secs(600), || count_tokens(&tokens) >= n);
+    wait_until("steady cold start", Duration::from_secs(600), || {
+        count_tokens(&tokens) >= n
+    });
     std::thread::sleep(Duration::from_secs(6));
     let pid = daemon.0.id();
-    let (cpu0, issued0, t0) = (cpu_seconds(pid), tokens_issued(&sim.control), Instant::now());
+    let (cpu0, issued0, t0) = (
+        cpu_seconds(pid),
+        tokens_issued(&sim.control),
+        Instant::now(),
+    );
     std::thread::sleep(Duration::from_secs(args.steady));
     let (cpu1, issued1) = (cpu_seconds(pid), tokens_issued(&sim.control));
     let rotations = issued1.saturating_sub(issued0).max(1) as f64;
@@ -324,13 +366,23 @@ struct Baseline {
 
 fn kubectl() -> PathBuf {
     let dispatcher = std::fs::canonicalize(
-        String::from_utf8(Command::new("sh").args(["-c", "command -v kubectl"]).output().expect("sh").stdout)
-            .expect("utf8")
-            .trim(),
+        String::from_utf8(
+            Command::new("sh")
+                .args(["-c", "command -v kubectl"])
+                .output()
+                .expect("sh")
+                .stdout,
+        )
+        .expect("utf8")
+        .trim(),
     )
     .expect("kubectl on PATH");
     let versioned = dispatcher.with_file_name("kubectl.1.32");
-    if versioned.exists() { versioned } else { dispatcher }
+    if versioned.exists() {
+        versioned
+    } else {
+        dispatcher
+    }
 }
 
 fn children_rusage() -> (f64, f64) {
@@ -348,7 +400,10 @@ fn baseline(samples: usize) -> Baseline {
     std::fs::create_dir_all(&dir).expect("dir");
     let sim = start_sim(&dir.join("sim"), 1);
     let (reload_url, reloads) = reload_receiver();
-    let kubeconfig = sim.ready["clusters"][0]["kubeconfig"].as_str().expect("kubeconfig").to_owned();
+    let kubeconfig = sim.ready["clusters"][0]["kubeconfig"]
+        .as_str()
+        .expect("kubeconfig")
+        .to_owned();
     let file = dir.join("c1.token");
     let script = format!(
         "{} --kubeconfig {kubeconfig} create token prometheus-test -n kube-system --duration 1h > {f}.tmp && mv {f}.tmp {f} && curl -s -X POST {reload_url}/-/reload",
@@ -361,7 +416,10 @@ fn baseline(samples: usize) -> Baseline {
     for _ in 0..samples {
         let (before, _) = children_rusage();
         let started = Instant::now();
-        let status = Command::new("sh").args(["-c", &script]).status().expect("sh");
+        let status = Command::new("sh")
+            .args(["-c", &script])
+            .status()
+            .expect("sh");
         assert!(status.success(), "baseline rotation failed: {script}");
         wall.push(started.elapsed().as_secs_f64() * 1000.0);
         let (after, rss) = children_rusage();
@@ -386,13 +444,18 @@ fn main() {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let mem = status_field_meminfo();
     println!("# mcprom benchmark\n");
-    println!("machine: {cores} cores, {mem:.1} GiB; mcprom and mcprom-sim release builds from {}\n", bin_dir().display());
+    println!(
+        "machine: {cores} cores, {mem:.1} GiB; mcprom and mcprom-sim release builds from {}\n",
+        bin_dir().display()
+    );
     let base = baseline(args.baseline);
     println!(
         "baseline (kubectl.1.32 create token > F.tmp && mv && curl -X POST /-/reload), median of {}: {:.1} ms CPU, {:.1} ms wall, {:.1} MiB peak RSS, {:.2} reloads per rotation\n",
         args.baseline, base.cpu_ms, base.wall_ms, base.peak_rss_mib, base.reloads_per_rotation
     );
-    println!("| N | cold start (s) | reloads, first batch | idle CPU (% core) | idle wake-ups/s | rotations/s | CPU/rotation (ms) | baseline ÷ mcprom CPU | peak RSS (MiB) | edit → token median (ms) |");
+    println!(
+        "| N | cold start (s) | reloads, first batch | idle CPU (% core) | idle wake-ups/s | rotations/s | CPU/rotation (ms) | baseline ÷ mcprom CPU | peak RSS (MiB) | edit → token median (ms) |"
+    );
     println!("|---|---|---|---|---|---|---|---|---|---|");
     let mut thousand = None;
     for &n in &args.clusters {
@@ -417,7 +480,8 @@ fn main() {
     if let Some(row) = thousand {
         // 1,000 clusters with 1 h tokens refreshed at 80 %: 1,250 rotations an hour.
         let rotations = 1000.0 / 0.8;
-        let mcprom = rotations * row.cpu_per_rotation_ms / 1000.0 + row.idle_cpu_pct / 100.0 * 3600.0;
+        let mcprom =
+            rotations * row.cpu_per_rotation_ms / 1000.0 + row.idle_cpu_pct / 100.0 * 3600.0;
         let script = rotations * base.cpu_ms / 1000.0;
         println!(
             "\nCPU per hour at 1,000 clusters with 1 h tokens: mcprom {mcprom:.1} s (rotations + idle), baseline {script:.0} s; ratio {:.0}×",
@@ -430,7 +494,14 @@ fn status_field_meminfo() -> f64 {
     std::fs::read_to_string("/proc/meminfo")
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:")?.trim().split(' ').next()?.parse::<f64>().ok())
+        .find_map(|l| {
+            l.strip_prefix("MemTotal:")?
+                .trim()
+                .split(' ')
+                .next()?
+                .parse::<f64>()
+                .ok()
+        })
         .unwrap_or(0.0)
         / 1024.0
         / 1024.0

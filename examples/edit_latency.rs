@@ -19,7 +19,10 @@ use std::time::{Duration, Instant};
 fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("own path");
     // target/<profile>/examples/edit_latency → target/<profile>
-    exe.parent().and_then(Path::parent).expect("target dir").to_owned()
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_owned()
 }
 
 struct Kill(Child);
@@ -37,7 +40,12 @@ fn config(dir: &Path, ready: &serde_json::Value, clusters: usize) -> String {
         dir.join("tokens").display(),
         dir.join("control.sock").display()
     );
-    for c in ready["clusters"].as_array().expect("clusters").iter().take(clusters) {
+    for c in ready["clusters"]
+        .as_array()
+        .expect("clusters")
+        .iter()
+        .take(clusters)
+    {
         text.push_str(&format!(
             "[[cluster]]\nname = \"{}\"\nservice_account = \"kube-system/prometheus-test\"\n[cluster.credentials]\nkubeconfig = \"{}\"\n",
             c["name"].as_str().expect("name"),
@@ -87,7 +95,11 @@ fn main() {
     let wait_for = |file: &Path| {
         let started = Instant::now();
         while !file.exists() {
-            assert!(started.elapsed() < Duration::from_secs(30), "no token for {}", file.display());
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "no token for {}",
+                file.display()
+            );
             std::thread::sleep(Duration::from_millis(1));
         }
         started.elapsed()
@@ -100,7 +112,10 @@ fn main() {
         save(&path, &config(&dir, &ready, n));
         let file = dir.join(format!("tokens/c{n}.token"));
         while !file.exists() {
-            assert!(started.elapsed() < Duration::from_secs(30), "no token for c{n}");
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "no token for c{n}"
+            );
             std::thread::sleep(Duration::from_millis(1));
         }
         let took = started.elapsed();

@@ -44,7 +44,7 @@ fn seconds(t: SystemTime) -> f64 {
 #[derive(Debug)]
 struct StateCollector(Arc<State>);
 
-fn gauge_family<'a, I>(
+fn gauge_family<I>(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
