@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# Package checks, run by .ci/run as root on Debian: build the .deb with
+# cargo-deb, install it with dpkg, check every file with its owner and
+# mode, check the installed unit with systemd-analyze, run `mcprom check` on
+# the installed config, purge, and check that nothing is left.
+#
+# Exits non-zero on the first failure. The machine is changed: the package
+# is purged at the end, the mcprom user stays (as after any purge).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+section() { printf '\n=== package: %s ===\n' "$*"; }
+fail() {
+    echo "FAIL: $*" >&2
+    exit 1
+}
+
+if [ "$(id -u)" != 0 ]; then
+    fail "needs root (dpkg -i, users, /var/lib)"
+fi
+
+section "tools"
+export DEBIAN_FRONTEND=noninteractive
+# systemd: systemd-analyze, systemd-sysusers, systemd-tmpfiles.
+# dpkg-dev: dpkg-shlibdeps, which cargo-deb uses for the $auto dependencies.
+# prometheus: its group receives the token directory (the normal setup).
+missing=()
+for pkg in systemd dpkg-dev prometheus; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' ||
+        missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+if ! command -v cargo-deb >/dev/null; then
+    # From crates.io; a few minutes on two cores.
+    cargo install --locked cargo-deb
+fi
+
+section "systemd-analyze on the source unit"
+# The exposure score does not depend on the binary being installed.
+security=$(systemd-analyze security --offline=true --threshold=15 systemd/mcprom.service) ||
+    fail "systemd-analyze security: exposure above 1.5: $(tail -n1 <<<"$security")"
+tail -n1 <<<"$security"
+
+section "build"
+# A leftover install (an aborted earlier run) would hide install problems.
+if dpkg-query -W mcprom >/dev/null 2>&1; then
+    dpkg --purge mcprom
+fi
+rm -f target/debian/mcprom_*.deb
+cargo deb --locked
+deb=$(ls target/debian/mcprom_*.deb)
+[ "$(wc -l <<<"$deb")" = 1 ] || fail "expected one .deb, got: $deb"
+dpkg-deb --info "$deb"
+dpkg-deb --contents "$deb"
+
+section "contents"
+# Exactly these files, root-owned, with these modes; mcprom-sim is not in
+# it. BUILD-ID stands for the binary's build id: its line tables, split off
+# by cargo-deb, where backtraces look for them.
+expected="-rw-r--r-- root/root ./etc/default/mcprom
+-rw-r--r-- root/root ./etc/mcprom.toml
+-rwxr-xr-x root/root ./usr/bin/mcprom
+-rw-r--r-- root/root ./usr/lib/debug/.build-id/BUILD-ID.debug
+-rw-r--r-- root/root ./usr/lib/systemd/system/mcprom.service
+-rw-r--r-- root/root ./usr/lib/sysusers.d/mcprom.conf
+-rw-r--r-- root/root ./usr/lib/tmpfiles.d/mcprom.conf
+-rw-r--r-- root/root ./usr/share/doc/mcprom/copyright
+-rw-r--r-- root/root ./usr/share/doc/mcprom/examples/paths.conf.example
+-rw-r--r-- root/root ./usr/share/doc/mcprom/install.md"
+actual=$(dpkg-deb --contents "$deb" | awk '$1 !~ /^d/ { print $1, $2, $6 }' |
+    sed -E 's|/\.build-id/[0-9a-f]{2}/[0-9a-f]{38}\.debug$|/.build-id/BUILD-ID.debug|' | sort)
+if [ "$actual" != "$expected" ]; then
+    diff <(echo "$expected") <(echo "$actual") || true
+    fail "package contents differ (expected left, actual right)"
+fi
+conffiles=$(dpkg-deb --ctrl-tarfile "$deb" | tar -xO ./conffiles | sort)
+[ "$conffiles" = "$(printf '/etc/default/mcprom\n/etc/mcprom.toml')" ] ||
+    fail "conffiles: $conffiles"
+
+section "install"
+dpkg -i "$deb"
+dpkg-query -W -f='${Status}\n' mcprom | grep -qx 'install ok installed' ||
+    fail "mcprom is not fully installed"
+
+# path, mode, owner:group, as stat prints them.
+check_stat() {
+    local path=$1 want=$2 got
+    got=$(stat -c '%a %U:%G' "$path") || fail "$path is missing"
+    [ "$got" = "$want" ] || fail "$path: got $got, want $want"
+    echo "ok: $path $got"
+}
+check_stat /usr/bin/mcprom "755 root:root"
+check_stat /etc/mcprom.toml "644 root:root"
+check_stat /etc/default/mcprom "644 root:root"
+check_stat /usr/lib/systemd/system/mcprom.service "644 root:root"
+check_stat /usr/lib/sysusers.d/mcprom.conf "644 root:root"
+check_stat /usr/lib/tmpfiles.d/mcprom.conf "644 root:root"
+check_stat /var/lib/mcprom "751 mcprom:mcprom"
+# setgid prometheus: token files created here are readable by Prometheus.
+check_stat /var/lib/mcprom/tokens "2750 mcprom:prometheus"
+[ ! -e /usr/bin/mcprom-sim ] || fail "mcprom-sim must not be installed"
+
+getent passwd mcprom | grep -q ':/var/lib/mcprom:/usr/sbin/nologin$' ||
+    fail "mcprom user: $(getent passwd mcprom)"
+id -Gn mcprom | tr ' ' '\n' | grep -qx prometheus ||
+    fail "mcprom is not in the prometheus group: $(id -Gn mcprom)"
+echo "ok: user $(id mcprom)"
+
+# Enabled the Debian way, even where systemd is not running (CI).
+[ -L /etc/systemd/system/multi-user.target.wants/mcprom.service ] ||
+    fail "mcprom.service is not enabled"
+echo "ok: enabled"
+
+# Reinstalling (as an upgrade does) must be clean and keep the directory's
+# group.
+dpkg -i "$deb"
+check_stat /var/lib/mcprom/tokens "2750 mcprom:prometheus"
+
+section "systemd-analyze on the installed unit"
+# verify needs the binary at the ExecStart= path, hence after dpkg -i. Any
+# output is a finding.
+verify=$(systemd-analyze verify /usr/lib/systemd/system/mcprom.service 2>&1) ||
+    fail "systemd-analyze verify failed: $verify"
+[ -z "$verify" ] || fail "systemd-analyze verify printed: $verify"
+echo "ok: verify printed nothing"
+systemd-analyze security --offline=true --threshold=15 mcprom.service | tail -n1 ||
+    fail "systemd-analyze security on the installed unit"
+
+section "mcprom check on the installed config"
+# As the service user, the way the daemon would read it.
+setpriv --reuid=mcprom --regid=mcprom --init-groups \
+    /usr/bin/mcprom check --config /etc/mcprom.toml
+/usr/bin/mcprom --version
+
+section "purge"
+dpkg --purge mcprom
+! dpkg-query -W -f='${Status}\n' mcprom 2>/dev/null | grep -q installed ||
+    fail "still installed: $(dpkg-query -W -f='${Status}' mcprom)"
+for path in /usr/bin/mcprom /etc/mcprom.toml /etc/default/mcprom \
+    /usr/lib/systemd/system/mcprom.service /usr/lib/sysusers.d/mcprom.conf \
+    /usr/lib/tmpfiles.d/mcprom.conf /usr/share/doc/mcprom /var/lib/mcprom \
+    /etc/systemd/system/multi-user.target.wants/mcprom.service; do
+    [ ! -e "$path" ] && [ ! -L "$path" ] || fail "left after purge: $path"
+done
+echo "ok: nothing left"
+
+section "done"
+echo "package checks passed"
