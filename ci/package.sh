@@ -57,21 +57,22 @@ dpkg-deb --info "$deb"
 dpkg-deb --contents "$deb"
 
 section "contents"
-# Exactly these files, root-owned, with these modes; mcprom-sim is not in
+# Exactly these files, owned by root (0/0), with these modes; mcprom-sim is not in
 # it. BUILD-ID stands for the binary's build id: its line tables, split off
 # by cargo-deb, where backtraces look for them.
-expected="-rw-r--r-- root/root ./etc/default/mcprom
--rw-r--r-- root/root ./etc/mcprom.toml
--rwxr-xr-x root/root ./usr/bin/mcprom
--rw-r--r-- root/root ./usr/lib/debug/.build-id/BUILD-ID.debug
--rw-r--r-- root/root ./usr/lib/systemd/system/mcprom.service
--rw-r--r-- root/root ./usr/lib/sysusers.d/mcprom.conf
--rw-r--r-- root/root ./usr/lib/tmpfiles.d/mcprom.conf
--rw-r--r-- root/root ./usr/share/doc/mcprom/copyright
--rw-r--r-- root/root ./usr/share/doc/mcprom/examples/paths.conf.example
--rw-r--r-- root/root ./usr/share/doc/mcprom/install.md"
-actual=$(dpkg-deb --contents "$deb" | awk '$1 !~ /^d/ { print $1, $2, $6 }' |
-    sed -E 's|/\.build-id/[0-9a-f]{2}/[0-9a-f]{38}\.debug$|/.build-id/BUILD-ID.debug|' | sort)
+expected="./etc/default/mcprom -rw-r--r-- 0/0
+./etc/mcprom.toml -rw-r--r-- 0/0
+./usr/bin/mcprom -rwxr-xr-x 0/0
+./usr/lib/debug/.build-id/BUILD-ID.debug -rw-r--r-- 0/0
+./usr/lib/systemd/system/mcprom.service -rw-r--r-- 0/0
+./usr/lib/sysusers.d/mcprom.conf -rw-r--r-- 0/0
+./usr/lib/tmpfiles.d/mcprom.conf -rw-r--r-- 0/0
+./usr/share/doc/mcprom/copyright -rw-r--r-- 0/0
+./usr/share/doc/mcprom/examples/paths.conf.example -rw-r--r-- 0/0
+./usr/share/doc/mcprom/install.md -rw-r--r-- 0/0"
+actual=$(dpkg-deb --contents "$deb" | awk '$1 !~ /^d/ { print $6, $1, $2 }' |
+    sed -E 's|/\.build-id/[0-9a-f]{2}/[0-9a-f]{38}\.debug |/.build-id/BUILD-ID.debug |' |
+    LC_ALL=C sort)
 if [ "$actual" != "$expected" ]; then
     diff <(echo "$expected") <(echo "$actual") || true
     fail "package contents differ (expected left, actual right)"

@@ -103,11 +103,11 @@ pub fn stderr_is_journal() -> bool {
         return false;
     };
     nix::sys::stat::fstat(std::io::stderr())
-        .is_ok_and(|st| st.st_dev as u64 == dev && st.st_ino as u64 == ino)
+        .is_ok_and(|st| st.st_dev == dev && st.st_ino == ino)
 }
 
 /// `"DEV:INODE"`, both decimal.
-fn parse_journal_stream(value: &str) -> Option<(u64, u64)> {
+fn parse_journal_stream(value: &str) -> Option<(libc::dev_t, libc::ino_t)> {
     let (dev, ino) = value.split_once(':')?;
     Some((dev.parse().ok()?, ino.parse().ok()?))
 }
