@@ -102,8 +102,7 @@ pub fn stderr_is_journal() -> bool {
     let Some((dev, ino)) = stream.to_str().and_then(parse_journal_stream) else {
         return false;
     };
-    nix::sys::stat::fstat(std::io::stderr())
-        .is_ok_and(|st| st.st_dev == dev && st.st_ino == ino)
+    nix::sys::stat::fstat(std::io::stderr()).is_ok_and(|st| st.st_dev == dev && st.st_ino == ino)
 }
 
 /// `"DEV:INODE"`, both decimal.

@@ -110,6 +110,17 @@ fn the_unit_runs_the_daemon_as_mcprom_with_notify_watchdog_and_no_restart_on_bad
     assert!(service(&unit, "SupplementaryGroups").is_empty());
     assert!(service(&unit, "PrivateUsers").is_empty());
     assert!(service(&unit, "DynamicUser").is_empty());
+    // `~@privileged` filters @chown; the sink fchown()s token files to
+    // file_group, so fchown must be allowed again after it.
+    let filters = service(&unit, "SystemCallFilter");
+    let deny = filters.iter().position(|f| f.contains("~@privileged"));
+    let allow = filters
+        .iter()
+        .rposition(|f| f.split_whitespace().any(|s| s == "fchown"));
+    assert!(
+        matches!((deny, allow), (Some(d), Some(a)) if a > d),
+        "fchown allowed after ~@privileged: {filters:?}"
+    );
     assert!(
         unit.iter()
             .any(|(s, k, v)| s == "Install" && k == "WantedBy" && v == "multi-user.target"),
