@@ -224,7 +224,7 @@ impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
                             service_account = %self.cluster.service_account,
                             reason = label,
                             error = %message,
-                            expires_in = ?time_left.map(|d| Duration::from_secs(d.as_secs())),
+                            expires_in = %time_left.map_or_else(|| "expired".to_owned(), |d| format!("{:?}", Duration::from_secs(d.as_secs()))),
                             retry_in = ?Duration::from_millis(delay.as_millis() as u64),
                             "token refresh failed; keeping the current token"
                         ),
