@@ -336,9 +336,11 @@ async fn check_api_server(cluster: &ClusterSettings, s: &mut Section) -> Option<
         .await
     {
         Ok((200 | 201, body)) => {
-            let user = serde_json::from_slice::<Value>(&body)
-                .ok()
-                .and_then(|v| v["status"]["userInfo"]["username"].as_str().map(str::to_owned));
+            let user = serde_json::from_slice::<Value>(&body).ok().and_then(|v| {
+                v["status"]["userInfo"]["username"]
+                    .as_str()
+                    .map(str::to_owned)
+            });
             match user.as_deref() {
                 Some("system:anonymous") => {
                     anonymous(s);
@@ -386,10 +388,7 @@ async fn check_api_server(cluster: &ClusterSettings, s: &mut Section) -> Option<
 
 fn credential_rejected(s: &mut Section, body: &[u8]) {
     s.fail(
-        format!(
-            "mcprom's credential rejected (401 {})",
-            message(body)
-        ),
+        format!("mcprom's credential rejected (401 {})", message(body)),
         "renew the credential in [cluster.credentials]: an expired or revoked token, a \
          ServiceAccount that was deleted, or a client certificate from another cluster's CA",
     );
@@ -479,7 +478,10 @@ async fn may_create_tokens(api: &Api, cluster: &ClusterSettings, who: &str, s: &
             ),
         ),
         Ok((code, body)) => s.fail(
-            format!("{what}: SelfSubjectAccessReview answered {code}: {}", message(&body)),
+            format!(
+                "{what}: SelfSubjectAccessReview answered {code}: {}",
+                message(&body)
+            ),
             rbac_hint,
         ),
         Err(e) => s.fail(format!("{what}: {e}"), "run the check again"),
@@ -546,7 +548,8 @@ async fn legacy_secrets(api: &Api, sa: &ServiceAccountRef) -> Option<Check> {
         "/api/v1/namespaces/{}/secrets?fieldSelector=type%3Dkubernetes.io%2Fservice-account-token",
         sa.namespace
     );
-    let accept = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json";
+    let accept =
+        "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json";
     let what = format!("legacy token Secrets for {sa}");
     let check = |mark, text: String, hint: Option<String>| Check { mark, text, hint };
     Some(match api.get(&path, accept).await {
@@ -662,10 +665,7 @@ fn check_token_dir(dir: &Path, token_file: &Path, s: &mut Section) {
         ),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let Some(ancestor) = dir.ancestors().skip(1).find(|a| a.exists()) else {
-                s.fail(
-                    format!("token directory {}: {e}", dir.display()),
-                    hint,
-                );
+                s.fail(format!("token directory {}: {e}", dir.display()), hint);
                 return;
             };
             match std::fs::metadata(ancestor) {
@@ -988,9 +988,11 @@ pub async fn check_prometheus(settings: PrometheusSettings) -> Section {
                           (token files are re-read on every scrape anyway)";
     match reloader.get("/api/v1/status/flags").await {
         Ok((200, body)) => {
-            let flag = serde_json::from_str::<Value>(&body)
-                .ok()
-                .and_then(|v| v["data"]["web.enable-lifecycle"].as_str().map(str::to_owned));
+            let flag = serde_json::from_str::<Value>(&body).ok().and_then(|v| {
+                v["data"]["web.enable-lifecycle"]
+                    .as_str()
+                    .map(str::to_owned)
+            });
             match flag.as_deref() {
                 Some("true") => s.pass("lifecycle API enabled (--web.enable-lifecycle)"),
                 Some(_) => s.fail(
@@ -1025,7 +1027,10 @@ mod tests {
     fn sections_render_marks_and_hints_and_count() {
         let mut s = Section::new("cluster \"c1\" (kube-system/prometheus-test)".into());
         s.pass("reachable");
-        s.fail("TLS verified with ca_file /x", "point ca_file at the right CA");
+        s.fail(
+            "TLS verified with ca_file /x",
+            "point ca_file at the right CA",
+        );
         s.warn("legacy Secret", "delete it");
         s.not_checked("ServiceAccount exists", "403");
         assert_eq!(
@@ -1088,7 +1093,10 @@ mod tests {
         check_token_dir(&missing, &missing.join("c1.token"), &mut s);
         assert_eq!(s.checks[0].mark, Mark::Pass, "{:?}", s.checks[0]);
         assert!(s.checks[0].text.contains("does not exist yet"));
-        assert!(!dir.path().join("a").exists(), "the check must not create it");
+        assert!(
+            !dir.path().join("a").exists(),
+            "the check must not create it"
+        );
 
         let file = dir.path().join("file");
         std::fs::write(&file, "").unwrap();
