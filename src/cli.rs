@@ -86,7 +86,13 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 pub fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
-    crate::logging::init(&cli.log_level);
+    let level = match (&cli.command, cli.log_level.as_str()) {
+        // The checklist reports every failure itself; kube's own events
+        // ("failed with error ...") would only repeat them out of order.
+        (Command::Check { online: true }, "info") => "info,kube_client=off",
+        (_, level) => level,
+    };
+    crate::logging::init(level);
     let code = match cli.command {
         Command::Run => run(&cli.config),
         Command::Check { online } => check(&cli.config, online),
