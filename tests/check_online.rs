@@ -581,10 +581,17 @@ async fn a_legacy_token_secret_is_a_warning_until_deleted() {
 }
 
 #[tokio::test]
-async fn an_unreachable_api_server_and_prometheus_fail_their_own_lines() {
-    let sim = Sim::start(&["--clusters", "2"]);
+async fn unreachable_api_servers_and_prometheus_fail_their_own_lines() {
+    let sim = Sim::start(&["--clusters", "3"]);
+    // c1 refuses connections; c2 accepts them and never answers.
     sim.control(reqwest::Method::POST, "/clusters/c1/down", None)
         .await;
+    sim.control(
+        reqwest::Method::POST,
+        "/clusters/c2/faults",
+        Some(serde_json::json!({"count": 10, "kind": "hang", "scope": "all"})),
+    )
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(
         &sim,
@@ -598,12 +605,17 @@ async fn an_unreachable_api_server_and_prometheus_fail_their_own_lines() {
     let out = check_online(&config).await;
 
     assert_eq!(out.code, 1, "{out}");
-    let down = out.line(&format!("API server {}", sim.api_server("c1")));
+    let refused = out.line(&format!("API server {}", sim.api_server("c1")));
     assert!(
-        down.contains('✘') && down.contains("Connection refused"),
+        refused.contains('✘') && refused.contains("Connection refused"),
         "{out}"
     );
-    let up = out.line(&format!("API server {}", sim.api_server("c2")));
+    let hung = out.line(&format!("API server {}", sim.api_server("c2")));
+    assert!(
+        hung.contains('✘') && hung.contains("no answer within 10s"),
+        "{out}"
+    );
+    let up = out.line(&format!("API server {}", sim.api_server("c3")));
     assert!(
         up.contains('✔'),
         "one cluster's failure must not affect another:\n{out}"
@@ -613,9 +625,9 @@ async fn an_unreachable_api_server_and_prometheus_fail_their_own_lines() {
         prometheus.contains('✘') && prometheus.contains("is it running?"),
         "{out}"
     );
-    assert_eq!(out.count('✘'), 2, "{out}");
-    // The local checks still ran for the unreachable cluster.
-    assert_eq!(out.stdout.matches("✔ token directory").count(), 2, "{out}");
+    assert_eq!(out.count('✘'), 3, "{out}");
+    // The local checks still ran for the unreachable clusters.
+    assert_eq!(out.stdout.matches("✔ token directory").count(), 3, "{out}");
 }
 
 #[tokio::test]

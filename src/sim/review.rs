@@ -151,8 +151,8 @@ async fn read_body(req: Request<Incoming>) -> Result<Result<Body, Resp>, DropCon
 }
 
 /// The envelope of a protobuf body, checked to carry `api_version` `kind`.
-fn protobuf_raw<'a>(body: &'a [u8], kind: &str, api_version: &str) -> Result<&'a [u8], Resp> {
-    let bad = |message: String| status_resp(400, "BadRequest", &message, None);
+fn protobuf_raw<'a>(body: &'a [u8], kind: &str, api_version: &str) -> Result<&'a [u8], Box<Resp>> {
+    let bad = |message: String| Box::new(status_resp(400, "BadRequest", &message, None));
     let (found_version, found_kind, raw) = proto::decode_envelope(body)
         .map_err(|e| bad(format!("failed to decode protobuf {kind}: {e}")))?;
     if found_version != api_version || found_kind != kind {
@@ -167,14 +167,14 @@ fn decode<S: serde::de::DeserializeOwned>(
     body: &[u8],
     kind: &str,
     api_version: &str,
-) -> Result<Option<S>, Resp> {
+) -> Result<Option<S>, Box<Resp>> {
     let envelope: Envelope<S> = serde_json::from_slice(body).map_err(|e| {
-        status_resp(
+        Box::new(status_resp(
             400,
             "BadRequest",
             &format!("couldn't decode {kind}: json parse error: {e}"),
             None,
-        )
+        ))
     })?;
     if envelope.kind.as_deref().is_some_and(|k| k != kind)
         || envelope
@@ -182,7 +182,7 @@ fn decode<S: serde::de::DeserializeOwned>(
             .as_deref()
             .is_some_and(|v| v != api_version)
     {
-        return Err(status_resp(
+        return Err(Box::new(status_resp(
             400,
             "BadRequest",
             &format!(
@@ -191,7 +191,7 @@ fn decode<S: serde::de::DeserializeOwned>(
                 envelope.kind.unwrap_or_default()
             ),
             None,
-        ));
+        )));
     }
     Ok(envelope.spec)
 }
@@ -221,7 +221,7 @@ pub(crate) async fn self_subject_review(
         }
     };
     if let Err(resp) = checked {
-        return Ok(resp);
+        return Ok(*resp);
     }
     Ok(json_resp(
         StatusCode::CREATED,
@@ -258,18 +258,18 @@ pub(crate) async fn self_subject_access_review(
             proto::decode_access_review_message(raw)
                 .map(AccessReviewSpec::from)
                 .map_err(|e| {
-                    status_resp(
+                    Box::new(status_resp(
                         400,
                         "BadRequest",
                         &format!("failed to decode protobuf {kind}: {e}"),
                         None,
-                    )
+                    ))
                 })
         }),
     };
     let spec = match decoded {
         Ok(spec) => spec,
-        Err(resp) => return Ok(resp),
+        Err(resp) => return Ok(*resp),
     };
     let reason = match (&spec.resource_attributes, &spec.non_resource_attributes) {
         (Some(r), None) => {
