@@ -380,10 +380,9 @@ async fn check_api_server(cluster: &ClusterSettings, s: &mut Section) -> Option<
     };
     let who = user.map_or_else(|| "mcprom".to_owned(), |u| format!("{u:?}"));
 
-    let sa = &cluster.service_account;
     may_create_tokens(&api, cluster, &who, s).await;
     service_account_exists(&api, cluster, s).await;
-    legacy_secrets(&api, sa).await
+    legacy_secrets(&api, &cluster.service_account).await
 }
 
 fn credential_rejected(s: &mut Section, body: &[u8]) {
