@@ -45,7 +45,14 @@ pub enum Command {
     /// Run the daemon (systemd's ExecStart).
     Run,
     /// Validate the config file and the files it names; exit 78 on problems.
-    Check,
+    /// With --online, also probe every cluster and Prometheus; exit 1 if a check fails.
+    Check {
+        /// Also check every cluster's API server (reachable, TLS, credential,
+        /// permission, ServiceAccount, legacy token Secrets), the token
+        /// directories and Prometheus (ready, lifecycle API), changing nothing.
+        #[arg(long)]
+        online: bool,
+    },
     /// Per-cluster table: state, expiry, last and next refresh, last error.
     /// Exit 1 if a cluster is unhealthy, 69 if the daemon is not running
     /// (the table then shows what the token files say).
@@ -79,10 +86,16 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 pub fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
-    crate::logging::init(&cli.log_level);
+    let level = match (&cli.command, cli.log_level.as_str()) {
+        // The checklist reports every failure itself; kube's own events
+        // ("failed with error ...") would only repeat them out of order.
+        (Command::Check { online: true }, "info") => "info,kube_client=off",
+        (_, level) => level,
+    };
+    crate::logging::init(level);
     let code = match cli.command {
         Command::Run => run(&cli.config),
-        Command::Check => check(&cli.config),
+        Command::Check { online } => check(&cli.config, online),
         Command::Status { json } => with_settings(&cli.config, |rt, s| {
             rt.block_on(crate::commands::status(&s, json))
         }),
@@ -172,7 +185,10 @@ fn run(path: &std::path::Path) -> Result<(), u8> {
         })
 }
 
-fn check(path: &std::path::Path) -> Result<(), u8> {
+/// `mcprom check [--online]`: 78 for file or host problems (the online
+/// checks still run, to show everything at once), else 1 if an online check
+/// failed.
+fn check(path: &std::path::Path, online: bool) -> Result<(), u8> {
     let settings = match config::load(path) {
         Ok(s) => s,
         Err(e) => {
@@ -187,18 +203,24 @@ fn check(path: &std::path::Path) -> Result<(), u8> {
     for problem in &problems {
         eprintln!("{problem}");
     }
-    if !problems.is_empty() {
-        return Err(exit::CONFIG);
+    if problems.is_empty() {
+        println!(
+            "{}: OK ({} cluster{})",
+            settings.path.display(),
+            settings.clusters.len(),
+            if settings.clusters.len() == 1 {
+                ""
+            } else {
+                "s"
+            }
+        );
     }
-    println!(
-        "{}: OK ({} cluster{})",
-        settings.path.display(),
-        settings.clusters.len(),
-        if settings.clusters.len() == 1 {
-            ""
-        } else {
-            "s"
-        }
-    );
-    Ok(())
+    let failed = online && runtime()?.block_on(crate::online::run(&settings)).failed > 0;
+    if !problems.is_empty() {
+        Err(exit::CONFIG)
+    } else if failed {
+        Err(exit::FAILED)
+    } else {
+        Ok(())
+    }
 }

@@ -12,6 +12,7 @@
 //! - [`rotator`]: one cluster's loop.
 //! - [`state`]: per-cluster status shared with reporting.
 //! - [`app`]: wiring, supervisor, signals.
+//! - [`online`]: `mcprom check --online`, the checklist against the clusters and Prometheus.
 //! - [`sim`]: the simulated Kubernetes API used by tests and the demo.
 //!
 //! # Data flow
@@ -34,6 +35,7 @@ pub mod issuer;
 pub mod logging;
 pub mod metrics;
 pub mod notify;
+pub mod online;
 pub mod reload;
 pub mod rotator;
 pub mod schedule;

@@ -215,6 +215,16 @@ impl Reloader {
         }
     }
 
+    /// One authorized `GET {url}{path}`: the status and the start of the
+    /// body (for `mcprom check --online`, which must not reload).
+    pub async fn get(&self, path: &str) -> Result<(u16, String), ReloadError> {
+        let request = self.authorize(self.client.get(self.url(path)))?;
+        let response = request.send().await.map_err(|e| self.transport_error(e))?;
+        let status = response.status().as_u16();
+        let body = response.text().await.unwrap_or_default();
+        Ok((status, body.chars().take(64 * 1024).collect()))
+    }
+
     /// One `POST /-/reload`.
     pub async fn reload_once(&self) -> Result<(), ReloadError> {
         let request = self.authorize(self.client.post(self.url("/-/reload")))?;

@@ -15,8 +15,20 @@ use mcprom::sim::{Sim, SimConfig, parse_duration};
 /// Writes DIR/<cluster>/{ca.crt,kubeconfig,kubeconfig-nobody,issuer.token} and
 /// DIR/mcprom.toml, prints one JSON ready line on stdout, then serves until
 /// SIGTERM or SIGINT (exit status 0).
+///
+/// Control endpoint (plain HTTP on --control):
+///   POST   /clusters/<name>/faults        {"count":N,"kind":"status","code":503}
+///          ({"kind":"status","code":429,"retry_after_seconds":2}, {"kind":"hang"},
+///          {"kind":"reset"}; add "scope":"all" to hit every request); DELETE clears
+///   POST   /clusters/<name>/down | /up
+///   DELETE /clusters/<name>/serviceaccounts/<ns>/<sa>   (POST recreates it)
+///   POST   /clusters/<name>/serviceaccounts/<ns>/<sa>/legacy-token-secret
+///          a legacy, never-expiring token Secret for the ServiceAccount
+///          (answers {"ok":true,"secret":"<sa>-token-xxxxx"})
+///   DELETE /clusters/<name>/secrets/<ns>/<secret>
+///   GET    /stats, /clusters/<name>/stats
 #[derive(Parser, Debug)]
-#[command(name = "mcprom-sim", version)]
+#[command(name = "mcprom-sim", version, verbatim_doc_comment)]
 struct Args {
     /// Directory for the generated files (created if missing).
     #[arg(long, value_name = "DIR")]

@@ -16,6 +16,7 @@ use super::cluster::{Cluster, FaultKind, Rejection};
 use super::jwt::{Claims, ISSUER, KubernetesClaim, ServiceAccountRef, VerifyError};
 use super::proto;
 use super::rbac::{self, Attributes, Identity, Policy};
+use super::{review, secrets};
 
 /// Response body type of every simulated endpoint.
 pub(crate) type Body = Full<Bytes>;
@@ -79,7 +80,8 @@ fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes
     r
 }
 
-fn json_resp(status: StatusCode, v: &Value) -> Resp {
+/// A JSON response.
+pub(crate) fn json_resp(status: StatusCode, v: &Value) -> Resp {
     respond(status, "application/json", v.to_string())
 }
 
@@ -248,6 +250,7 @@ async fn route(
         ["version" | "healthz" | "livez" | "readyz" | "api" | "apis"]
         | ["api", "v1"]
         | ["apis", "authentication.k8s.io", "v1"]
+        | ["apis", "authorization.k8s.io", "v1"]
             if get =>
         {
             let path = format!("/{}", segs.join("/"));
@@ -260,6 +263,29 @@ async fn route(
                 ));
             }
             non_resource(&path)
+        }
+        ["apis", "authentication.k8s.io", "v1", "selfsubjectreviews"] if method == Method::POST => {
+            review::self_subject_review(&who, req).await?
+        }
+        [
+            "apis",
+            "authorization.k8s.io",
+            "v1",
+            "selfsubjectaccessreviews",
+        ] if method == Method::POST => {
+            review::self_subject_access_review(policy, &who, req).await?
+        }
+        ["api", "v1", "namespaces", ns, "secrets"] if get => {
+            authorized(policy, &who, "list", "secrets", None, Some(ns))
+                .unwrap_or_else(|| list_secrets(cluster, ns, &req))
+        }
+        ["api", "v1", "namespaces", ns, "secrets", name] if get => {
+            authorized(policy, &who, "get", "secrets", Some(name), Some(ns)).unwrap_or_else(|| {
+                match cluster.secrets.get(ns, name) {
+                    Some(s) => json_resp(StatusCode::OK, &s.object()),
+                    None => not_found("secrets", name),
+                }
+            })
         }
         ["api", "v1", "nodes"] if get => authorized(policy, &who, "list", "nodes", None, None)
             .unwrap_or_else(|| json_resp(StatusCode::OK, &node_list(&settings.nodes))),
@@ -339,6 +365,36 @@ fn known_path(segs: &[&str]) -> bool {
             | ["api", "v1", "nodes", ..]
             | ["api", "v1", "namespaces", _, "serviceaccounts", _]
             | ["api", "v1", "namespaces", _, "serviceaccounts", _, "token"]
+            | ["api", "v1", "namespaces", _, "secrets", ..]
+            | ["apis", "authentication.k8s.io", "v1", ..]
+            | ["apis", "authorization.k8s.io", "v1", ..]
+    )
+}
+
+/// `GET /api/v1/namespaces/{ns}/secrets`, with `fieldSelector` and the
+/// metadata-only list form.
+fn list_secrets(cluster: &Cluster, ns: &str, req: &Request<Incoming>) -> Resp {
+    let selector = req
+        .uri()
+        .query()
+        .into_iter()
+        .flat_map(|q| url::form_urlencoded::parse(q.as_bytes()))
+        .find(|(k, _)| k == "fieldSelector")
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default();
+    let selector = match secrets::FieldSelector::parse(&selector) {
+        Ok(s) => s,
+        Err(message) => return bad_request(&message),
+    };
+    let accept = req
+        .headers()
+        .get(http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
+    let (items, version) = cluster.secrets.list(ns);
+    let items: Vec<_> = items.into_iter().filter(|s| selector.matches(s)).collect();
+    json_resp(
+        StatusCode::OK,
+        &secrets::list_json(&items, version, secrets::wants_partial_metadata(accept)),
     )
 }
 
@@ -394,6 +450,14 @@ pub(crate) fn authenticate_token(
     }
     if token == cluster.nobody_token {
         return Ok(Identity::user(rbac::NOBODY_USER));
+    }
+    // A legacy token Secret's token: valid while the Secret and its
+    // ServiceAccount (same uid) exist, never expiring.
+    if let Some((ns, sa, uid)) = cluster.secrets.token_owner(token) {
+        return match cluster.service_account_uid(&ns, &sa) {
+            Some(current) if current == uid => Ok(Identity::service_account(&ns, &sa)),
+            _ => Err(Rejection::Unknown),
+        };
     }
     let signer = cluster.signer().map_err(|_| Rejection::Unknown)?;
     let claims = signer.verify(token).map_err(|e| match e {
@@ -658,6 +722,10 @@ fn non_resource(path: &str) -> Resp {
                     "name": "authentication.k8s.io",
                     "versions": [{"groupVersion": "authentication.k8s.io/v1", "version": "v1"}],
                     "preferredVersion": {"groupVersion": "authentication.k8s.io/v1", "version": "v1"},
+                }, {
+                    "name": "authorization.k8s.io",
+                    "versions": [{"groupVersion": "authorization.k8s.io/v1", "version": "v1"}],
+                    "preferredVersion": {"groupVersion": "authorization.k8s.io/v1", "version": "v1"},
                 }],
             }),
         ),
@@ -665,8 +733,12 @@ fn non_resource(path: &str) -> Resp {
         "/apis/authentication.k8s.io/v1" => json_resp(
             StatusCode::OK,
             &json!({"kind": "APIResourceList", "apiVersion": "v1",
-                    "groupVersion": "authentication.k8s.io/v1", "resources": []}),
+            "groupVersion": "authentication.k8s.io/v1", "resources": [
+                {"name": "selfsubjectreviews", "singularName": "selfsubjectreview",
+                 "namespaced": false, "kind": "SelfSubjectReview", "verbs": ["create"]},
+            ]}),
         ),
+        "/apis/authorization.k8s.io/v1" => json_resp(StatusCode::OK, &authorization_resources()),
         _ => respond(StatusCode::OK, "text/plain; charset=utf-8", "ok"),
     }
 }
@@ -680,8 +752,21 @@ fn core_resources() -> Value {
             r("nodes", "Node", false, &["get", "list"]),
             r("nodes/proxy", "NodeProxyOptions", false, &["get"]),
             r("serviceaccounts", "ServiceAccount", true, &["get"]),
+            r("secrets", "Secret", true, &["get", "list"]),
             {"name": "serviceaccounts/token", "singularName": "", "namespaced": true,
              "group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest", "verbs": ["create"]},
+        ],
+    })
+}
+
+fn authorization_resources() -> Value {
+    json!({
+        "kind": "APIResourceList",
+        "apiVersion": "v1",
+        "groupVersion": "authorization.k8s.io/v1",
+        "resources": [
+            {"name": "selfsubjectaccessreviews", "singularName": "selfsubjectaccessreview",
+             "namespaced": false, "kind": "SelfSubjectAccessReview", "verbs": ["create"]},
         ],
     })
 }

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use serde::{Deserialize, Serialize};
 
 use super::jwt::Signer;
+use super::secrets::{Secret, SecretStore};
 
 /// The ServiceAccount mcprom manages in every simulated cluster.
 pub const MANAGED_NAMESPACE: &str = "kube-system";
@@ -177,6 +178,8 @@ pub(crate) struct Cluster {
     faults: Mutex<VecDeque<Fault>>,
     stats: Mutex<ClusterStats>,
     down: AtomicBool,
+    /// Secrets (legacy ServiceAccount token Secrets, on request).
+    pub secrets: SecretStore,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -222,6 +225,7 @@ impl Cluster {
             faults: Mutex::new(VecDeque::new()),
             stats: Mutex::new(ClusterStats::default()),
             down: AtomicBool::new(false),
+            secrets: SecretStore::default(),
         }
     }
 
@@ -241,10 +245,35 @@ impl Cluster {
             .cloned()
     }
 
+    /// Deletes a ServiceAccount and, as the token controller does, its
+    /// legacy token Secrets.
     pub fn delete_service_account(&self, ns: &str, name: &str) -> bool {
-        lock(&self.service_accounts)
+        let removed = lock(&self.service_accounts)
             .remove(&(ns.to_string(), name.to_string()))
-            .is_some()
+            .is_some();
+        if removed {
+            self.secrets.remove_service_account_tokens(ns, name);
+        }
+        removed
+    }
+
+    /// Creates a legacy, never-expiring token Secret for ServiceAccount
+    /// `ns/sa` the way the token controller fills one in; returns its name,
+    /// or `None` when the ServiceAccount does not exist.
+    pub fn create_legacy_token_secret(&self, ns: &str, sa: &str) -> anyhow::Result<Option<String>> {
+        let Some(sa_uid) = self.service_account_uid(ns, sa) else {
+            return Ok(None);
+        };
+        loop {
+            let name = super::secrets::generate_name(&format!("{sa}-token-"));
+            let claims = super::secrets::legacy_claims(ns, &name, sa, &sa_uid);
+            let token = self.signer()?.sign(&claims)?;
+            if self.secrets.insert(Secret::service_account_token(
+                ns, &name, sa, &sa_uid, &token,
+            )) {
+                return Ok(Some(name));
+            }
+        }
     }
 
     pub fn create_service_account(&self, ns: &str, name: &str) -> bool {

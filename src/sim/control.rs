@@ -1,5 +1,21 @@
 //! The plain-HTTP control endpoint (loopback only) that out-of-process tests
 //! use to inject faults, take clusters down and read counters.
+//!
+//! Operations (JSON answers; `{"error": ...}` with 4xx on failure):
+//!
+//! - `POST /clusters/<name>/faults` with a [`Fault`] body; `DELETE` clears them.
+//! - `POST /clusters/<name>/down`, `POST /clusters/<name>/up`.
+//! - `DELETE /clusters/<name>/serviceaccounts/<ns>/<sa>` deletes a
+//!   ServiceAccount (its tokens and token Secrets go with it); `POST` to the
+//!   same path recreates it with a new uid.
+//! - `POST /clusters/<name>/serviceaccounts/<ns>/<sa>/legacy-token-secret`
+//!   creates a legacy, never-expiring token Secret for the ServiceAccount
+//!   (`type: kubernetes.io/service-account-token`, annotated
+//!   `kubernetes.io/service-account.name: <sa>`), as clusters set up before
+//!   Kubernetes 1.24 have: `201 {"ok":true,"secret":"<sa>-token-xxxxx"}`,
+//!   404 if the ServiceAccount does not exist.
+//! - `DELETE /clusters/<name>/secrets/<ns>/<secret>` deletes a Secret.
+//! - `GET /stats` (all clusters) and `GET /clusters/<name>/stats`: counters.
 
 use std::sync::Arc;
 
@@ -123,6 +139,29 @@ async fn handle(registry: &Registry, req: Request<Incoming>) -> Resp {
                 error(
                     StatusCode::NOT_FOUND,
                     &format!("serviceaccount {ns}/{sa} does not exist"),
+                )
+            }
+        }
+        (&Method::POST, ["serviceaccounts", ns, sa, "legacy-token-secret"]) => {
+            match cluster.create_legacy_token_secret(ns, sa) {
+                Ok(Some(secret)) => reply(
+                    StatusCode::CREATED,
+                    &json!({ "ok": true, "secret": secret }),
+                ),
+                Ok(None) => error(
+                    StatusCode::NOT_FOUND,
+                    &format!("serviceaccount {ns}/{sa} does not exist"),
+                ),
+                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e:#}")),
+            }
+        }
+        (&Method::DELETE, ["secrets", ns, secret]) => {
+            if cluster.delete_secret(ns, secret) {
+                reply(StatusCode::OK, &json!({ "ok": true }))
+            } else {
+                error(
+                    StatusCode::NOT_FOUND,
+                    &format!("secret {ns}/{secret} does not exist"),
                 )
             }
         }

@@ -102,8 +102,9 @@ impl Signer {
         &self.kid
     }
 
-    /// Signs `claims` into a compact JWS.
-    pub fn sign(&self, claims: &Claims) -> anyhow::Result<String> {
+    /// Signs `claims` (a [`Claims`], or the claim set of a legacy token)
+    /// into a compact JWS.
+    pub fn sign(&self, claims: &impl Serialize) -> anyhow::Result<String> {
         let header = Header {
             alg: "ES256".into(),
             kid: self.kid.clone(),

@@ -9,8 +9,9 @@
 //!
 //! Layout: `api` (the Kubernetes surface), `server` (listeners),
 //! `cluster` (per-cluster state and counters), `jwt`, `pki`, `rbac`,
-//! `proto` (protobuf TokenRequest bodies), `control` (the control endpoint),
-//! `files` (kubeconfigs and `mcprom.toml`).
+//! `review` (SelfSubjectReview, SelfSubjectAccessReview), `secrets` (legacy
+//! ServiceAccount token Secrets), `proto` (protobuf TokenRequest bodies),
+//! `control` (the control endpoint), `files` (kubeconfigs and `mcprom.toml`).
 
 mod api;
 mod cluster;
@@ -20,6 +21,8 @@ mod jwt;
 mod pki;
 mod proto;
 mod rbac;
+mod review;
+mod secrets;
 mod server;
 
 use std::collections::HashMap;
@@ -205,6 +208,23 @@ impl ClusterHandle {
     /// Creates a ServiceAccount with a fresh uid. False if it already exists.
     pub fn create_service_account(&self, namespace: &str, name: &str) -> bool {
         self.cluster.create_service_account(namespace, name)
+    }
+
+    /// Creates a legacy, never-expiring token Secret for ServiceAccount
+    /// `namespace/name` (as clusters set up before Kubernetes 1.24 have);
+    /// returns the Secret's generated name, or `None` when the
+    /// ServiceAccount does not exist.
+    pub fn create_legacy_token_secret(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> anyhow::Result<Option<String>> {
+        self.cluster.create_legacy_token_secret(namespace, name)
+    }
+
+    /// Deletes a Secret. False if absent.
+    pub fn delete_secret(&self, namespace: &str, name: &str) -> bool {
+        self.cluster.secrets.remove(namespace, name)
     }
 
     /// A snapshot of the cluster's counters.

@@ -180,6 +180,82 @@ pub fn decode_token_request_message(raw: &[u8]) -> Result<TokenRequestSpec, Prot
     Ok(spec)
 }
 
+/// Splits `k8s\0` + `runtime.Unknown{typeMeta, raw}` into
+/// `(apiVersion, kind, raw)`.
+pub fn decode_envelope(body: &[u8]) -> Result<(String, String, &[u8]), ProtoError> {
+    let envelope = body
+        .strip_prefix(K8S_MAGIC)
+        .ok_or(ProtoError::MissingMagic)?;
+    let (mut api_version, mut kind, mut raw) = (String::new(), String::new(), &[][..]);
+    let mut reader = Reader::new(envelope);
+    while let Some((number, value)) = reader.field()? {
+        match (number, value) {
+            (1, Value::Bytes(type_meta)) => {
+                let mut tm = Reader::new(type_meta);
+                while let Some((n, v)) = tm.field()? {
+                    match (n, v) {
+                        (1, Value::Bytes(b)) => api_version = string(b)?,
+                        (2, Value::Bytes(b)) => kind = string(b)?,
+                        _ => {}
+                    }
+                }
+            }
+            (2, Value::Bytes(b)) => raw = b,
+            _ => {}
+        }
+    }
+    Ok((api_version, kind, raw))
+}
+
+/// The spec of an `authorization.k8s.io/v1 SelfSubjectAccessReview`, as
+/// `kubectl auth can-i` sends it.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct AccessReviewSpec {
+    /// `resourceAttributes`: namespace, verb, group, version, resource,
+    /// subresource, name (fields 1..=7), when present.
+    pub resource: Option<[String; 7]>,
+    /// `nonResourceAttributes`: path, verb, when present.
+    pub non_resource: Option<(String, String)>,
+}
+
+/// Decodes a bare `SelfSubjectAccessReview` message (the envelope's raw).
+pub fn decode_access_review_message(raw: &[u8]) -> Result<AccessReviewSpec, ProtoError> {
+    let mut spec = AccessReviewSpec::default();
+    let mut reader = Reader::new(raw);
+    while let Some((number, value)) = reader.field()? {
+        let (2, Value::Bytes(spec_bytes)) = (number, value) else {
+            continue;
+        };
+        let mut sr = Reader::new(spec_bytes);
+        while let Some((n, v)) = sr.field()? {
+            match (n, v) {
+                (1, Value::Bytes(attrs)) => {
+                    let fields = spec.resource.get_or_insert_with(Default::default);
+                    let mut ar = Reader::new(attrs);
+                    while let Some((f, v)) = ar.field()? {
+                        if let (1..=7, Value::Bytes(b)) = (f, v) {
+                            fields[(f - 1) as usize] = string(b)?;
+                        }
+                    }
+                }
+                (2, Value::Bytes(attrs)) => {
+                    let (path, verb) = spec.non_resource.get_or_insert_with(Default::default);
+                    let mut ar = Reader::new(attrs);
+                    while let Some((f, v)) = ar.field()? {
+                        match (f, v) {
+                            (1, Value::Bytes(b)) => *path = string(b)?,
+                            (2, Value::Bytes(b)) => *verb = string(b)?,
+                            _ => {}
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(spec)
+}
+
 #[cfg(test)]
 pub(crate) mod encode {
     //! A matching encoder, for tests.
@@ -280,6 +356,65 @@ mod tests {
         }
         assert_eq!(
             decode_token_request(&body[..body.len() - 3]),
+            Err(ProtoError::Truncated)
+        );
+    }
+
+    #[test]
+    fn access_reviews_decode_resource_and_non_resource_attributes() {
+        let mut attrs = Vec::new();
+        for (field, value) in [(1, "kube-system"), (2, "create"), (5, "serviceaccounts")] {
+            encode::bytes(field, value.as_bytes(), &mut attrs);
+        }
+        encode::bytes(6, b"token", &mut attrs);
+        encode::bytes(7, b"prometheus-test", &mut attrs);
+        let mut spec = Vec::new();
+        encode::bytes(1, &attrs, &mut spec);
+        let mut review = Vec::new();
+        encode::bytes(1, b"", &mut review);
+        encode::bytes(2, &spec, &mut review);
+        let mut tm = Vec::new();
+        encode::bytes(1, b"authorization.k8s.io/v1", &mut tm);
+        encode::bytes(2, b"SelfSubjectAccessReview", &mut tm);
+        let mut body = b"k8s\0".to_vec();
+        encode::bytes(1, &tm, &mut body);
+        encode::bytes(2, &review, &mut body);
+        let (api_version, kind, raw) = decode_envelope(&body).unwrap();
+        assert_eq!(
+            (api_version.as_str(), kind.as_str()),
+            ("authorization.k8s.io/v1", "SelfSubjectAccessReview")
+        );
+        let decoded = decode_access_review_message(raw).unwrap();
+        let r = decoded.resource.unwrap();
+        assert_eq!(
+            r.each_ref().map(String::as_str),
+            [
+                "kube-system",
+                "create",
+                "",
+                "",
+                "serviceaccounts",
+                "token",
+                "prometheus-test"
+            ]
+        );
+        assert_eq!(decoded.non_resource, None);
+
+        let mut nr = Vec::new();
+        encode::bytes(1, b"/version", &mut nr);
+        encode::bytes(2, b"get", &mut nr);
+        let mut spec = Vec::new();
+        encode::bytes(2, &nr, &mut spec);
+        let mut review = Vec::new();
+        encode::bytes(2, &spec, &mut review);
+        let decoded = decode_access_review_message(&review).unwrap();
+        assert_eq!(
+            decoded.non_resource,
+            Some(("/version".into(), "get".into()))
+        );
+        assert_eq!(decoded.resource, None);
+        assert_eq!(
+            decode_access_review_message(&review[..review.len() - 1]),
             Err(ProtoError::Truncated)
         );
     }

@@ -34,7 +34,7 @@ impl Identity {
         }
     }
 
-    fn is_authenticated(&self) -> bool {
+    pub fn is_authenticated(&self) -> bool {
         self.user != "system:anonymous"
     }
 }
@@ -125,6 +125,44 @@ impl Policy {
             &[]
         };
         rules.iter().flat_map(|r| r.iter()).any(|r| r.allows(a))
+    }
+
+    /// Why `who` may do `a` in API group `group`, worded like the RBAC
+    /// authorizer's reason in a `SelfSubjectAccessReview`; `None` when the
+    /// request would be denied. The simulated rules cover the core group
+    /// only, so other groups are for `system:masters` alone.
+    pub fn allowed_because(
+        &self,
+        who: &Identity,
+        group: &str,
+        a: &Attributes<'_>,
+    ) -> Option<String> {
+        if who.groups.iter().any(|g| g == "system:masters") {
+            return Some(
+                "RBAC: allowed by ClusterRoleBinding \"cluster-admin\" of ClusterRole \"cluster-admin\" to Group \"system:masters\""
+                    .into(),
+            );
+        }
+        if !group.is_empty() || !self.allows(who, a) {
+            return None;
+        }
+        let (ns, name) = (
+            super::cluster::MANAGED_NAMESPACE,
+            super::cluster::MANAGED_NAME,
+        );
+        Some(if who.user == ISSUER_USER {
+            format!(
+                "RBAC: allowed by RoleBinding \"{ISSUER_USER}/{ns}\" of Role \"{ISSUER_USER}\" to User \"{ISSUER_USER}\""
+            )
+        } else if PROMETHEUS_CLUSTER_ROLE.iter().any(|r| r.allows(a)) {
+            format!(
+                "RBAC: allowed by ClusterRoleBinding \"{name}\" of ClusterRole \"{name}\" to ServiceAccount \"{name}/{ns}\""
+            )
+        } else {
+            format!(
+                "RBAC: allowed by RoleBinding \"{name}-self-renew/{ns}\" of Role \"{name}-self-renew\" to ServiceAccount \"{name}/{ns}\""
+            )
+        })
     }
 
     /// Non-resource paths: discovery for authenticated users, version and
