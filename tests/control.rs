@@ -29,10 +29,20 @@ async fn status_and_rotate_talk_to_the_running_daemon() {
         (c1.exists() && c2.exists()).then_some(())
     })
     .await;
-    let out = eventually(Duration::from_secs(10), "status --json", || async {
-        let out = mcprom(&["status", "--json"], &config);
-        (out.status.code() == Some(0)).then_some(out)
-    })
+    // The token file is written just before the state says so: poll.
+    let out = eventually(
+        Duration::from_secs(10),
+        "status --json: all fresh",
+        || async {
+            let out = mcprom(&["status", "--json"], &config);
+            let json: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            let fresh = json["clusters"]
+                .as_array()?
+                .iter()
+                .all(|c| c["state"] == "fresh");
+            (out.status.code() == Some(0) && fresh).then_some(out)
+        },
+    )
     .await;
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let clusters = json["clusters"].as_array().unwrap();
