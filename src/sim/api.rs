@@ -1,0 +1,834 @@
+//! The Kubernetes API surface of one simulated cluster: authentication,
+//! authorization, TokenRequest, nodes, the node proxy, discovery.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::body::Incoming;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use super::cluster::{Cluster, FaultKind, Rejection};
+use super::jwt::{Claims, ISSUER, KubernetesClaim, ServiceAccountRef, VerifyError};
+use super::proto;
+use super::rbac::{self, Attributes, Identity, Policy};
+
+/// Response body type of every simulated endpoint.
+pub(crate) type Body = Full<Bytes>;
+/// A complete response.
+pub(crate) type Resp = Response<Body>;
+
+/// Returned to hyper to make it close the connection without an answer
+/// (the `reset` fault, a `down` shared-port cluster, an aborted upload).
+#[derive(Debug)]
+pub(crate) struct DropConnection;
+
+impl std::fmt::Display for DropConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("connection dropped on purpose")
+    }
+}
+
+impl std::error::Error for DropConnection {}
+
+/// Largest request body accepted.
+const MAX_BODY: usize = 1 << 20;
+/// How long a `hang` fault holds a request.
+const HANG: Duration = Duration::from_secs(120);
+/// Default `spec.expirationSeconds`, as on the real server.
+const DEFAULT_EXPIRATION_SECONDS: i64 = 3600;
+/// The real server refuses anything above 2^32 seconds.
+const MAX_EXPIRATION_SECONDS: i64 = 1 << 32;
+
+/// Behaviour shared by every cluster of a sim.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub min_expiration: Duration,
+    pub max_expiration: Option<Duration>,
+    pub leeway: Duration,
+    pub audiences: Vec<String>,
+    pub policy: Policy,
+    pub nodes: Vec<String>,
+}
+
+/// What the connection knows about its client.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnInfo {
+    /// Identity from a verified client certificate.
+    pub cert: Option<Identity>,
+    /// Cancelled when the connection is torn down (down, shutdown).
+    pub cancel: CancellationToken,
+}
+
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
+fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Resp {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+fn json_resp(status: StatusCode, v: &Value) -> Resp {
+    respond(status, "application/json", v.to_string())
+}
+
+/// A `Status` failure body like kube-apiserver's.
+pub(crate) fn status_resp(code: u16, reason: &str, message: &str, details: Option<Value>) -> Resp {
+    let mut v = json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "code": code,
+    });
+    if !reason.is_empty() {
+        v["reason"] = json!(reason);
+    }
+    if let Some(d) = details {
+        v["details"] = d;
+    }
+    json_resp(
+        StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        &v,
+    )
+}
+
+fn unauthorized() -> Resp {
+    status_resp(401, "Unauthorized", "Unauthorized", None)
+}
+
+fn not_found_path() -> Resp {
+    status_resp(
+        404,
+        "NotFound",
+        "the server could not find the requested resource",
+        Some(json!({})),
+    )
+}
+
+fn not_found(kind: &str, name: &str) -> Resp {
+    status_resp(
+        404,
+        "NotFound",
+        &format!("{kind} \"{name}\" not found"),
+        Some(json!({"name": name, "kind": kind})),
+    )
+}
+
+fn forbidden(who: &Identity, a: &Attributes<'_>) -> Resp {
+    let kind = a.resource.split('/').next().unwrap_or(a.resource);
+    let mut details = json!({ "kind": kind });
+    if let Some(n) = a.name {
+        details["name"] = json!(n);
+    }
+    status_resp(
+        403,
+        "Forbidden",
+        &rbac::forbidden_message(who, a),
+        Some(details),
+    )
+}
+
+fn bad_request(message: &str) -> Resp {
+    status_resp(400, "BadRequest", message, None)
+}
+
+/// The body of an injected status fault.
+fn fault_resp(code: u16, retry_after: Option<u64>) -> Resp {
+    let (reason, message) = match code {
+        429 => (
+            "TooManyRequests",
+            "the server has received too many requests and has asked us to try again later",
+        ),
+        500 => ("InternalError", "Internal error occurred: injected fault"),
+        503 => (
+            "ServiceUnavailable",
+            "the server is currently unable to handle the request",
+        ),
+        504 => (
+            "Timeout",
+            "the server was unable to return a response in the time allotted, but may still be processing the request",
+        ),
+        401 => ("Unauthorized", "Unauthorized"),
+        403 => ("Forbidden", "forbidden: injected fault"),
+        404 => ("NotFound", "the server could not find the requested resource"),
+        409 => ("Conflict", "Operation cannot be fulfilled: injected fault"),
+        _ => ("", "injected fault"),
+    };
+    let details = retry_after.map(|s| json!({ "retryAfterSeconds": s }));
+    let mut r = status_resp(code, reason, message, details);
+    if let Some(s) = retry_after {
+        r.headers_mut()
+            .insert(http::header::RETRY_AFTER, HeaderValue::from(s));
+    }
+    r
+}
+
+fn is_token_request(method: &Method, segs: &[&str]) -> bool {
+    method == Method::POST
+        && matches!(
+            segs,
+            ["api", "v1", "namespaces", _, "serviceaccounts", _, "token"]
+        )
+}
+
+/// Serves one request for `cluster`; `path` is relative to the cluster's
+/// API root (no `/clusters/<name>` prefix).
+pub(crate) async fn serve(
+    settings: &Settings,
+    cluster: &Cluster,
+    conn: &ConnInfo,
+    req: Request<Incoming>,
+    path: &str,
+) -> Result<Resp, DropConnection> {
+    let method = req.method().clone();
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let token_request = is_token_request(&method, &segs);
+    if let Some(kind) = cluster.take_fault(token_request) {
+        return match kind {
+            FaultKind::Status {
+                code,
+                retry_after_seconds,
+            } => {
+                cluster.record_request(method.as_str(), path, code, token_request);
+                Ok(fault_resp(code, retry_after_seconds))
+            }
+            FaultKind::Reset => {
+                cluster.record_request(method.as_str(), path, 0, token_request);
+                Err(DropConnection)
+            }
+            FaultKind::Hang => {
+                cluster.record_request(method.as_str(), path, 0, token_request);
+                tokio::select! {
+                    () = tokio::time::sleep(HANG) => {}
+                    () = conn.cancel.cancelled() => {}
+                }
+                Err(DropConnection)
+            }
+        };
+    }
+    let resp = route(settings, cluster, conn, req, &method, &segs).await?;
+    cluster.record_request(method.as_str(), path, resp.status().as_u16(), token_request);
+    Ok(resp)
+}
+
+async fn route(
+    settings: &Settings,
+    cluster: &Cluster,
+    conn: &ConnInfo,
+    req: Request<Incoming>,
+    method: &Method,
+    segs: &[&str],
+) -> Result<Resp, DropConnection> {
+    let who = match authenticate(settings, cluster, conn, req.headers()) {
+        Ok(who) => who,
+        Err(why) => {
+            cluster.record_rejected(why);
+            return Ok(unauthorized());
+        }
+    };
+    let policy = &settings.policy;
+    let get = method == Method::GET;
+    let resp = match segs {
+        [p @ ("version" | "healthz" | "livez" | "readyz")] | [p @ ("api" | "apis")]
+            if get =>
+        {
+            let path = format!("/{p}");
+            if !policy.allows_path(&who, &path) {
+                return Ok(status_resp(
+                    403,
+                    "Forbidden",
+                    &rbac::forbidden_path_message(&who, "get", &path),
+                    Some(json!({})),
+                ));
+            }
+            non_resource(p, req.headers())
+        }
+        ["api", "v1"] if get => {
+            if !policy.allows_path(&who, "/api/v1") {
+                return Ok(status_resp(
+                    403,
+                    "Forbidden",
+                    &rbac::forbidden_path_message(&who, "get", "/api/v1"),
+                    Some(json!({})),
+                ));
+            }
+            json_resp(StatusCode::OK, &core_resources())
+        }
+        ["apis", "authentication.k8s.io", "v1"] if get => {
+            if !policy.allows_path(&who, "/apis/authentication.k8s.io/v1") {
+                return Ok(status_resp(
+                    403,
+                    "Forbidden",
+                    &rbac::forbidden_path_message(&who, "get", "/apis/authentication.k8s.io/v1"),
+                    Some(json!({})),
+                ));
+            }
+            json_resp(
+                StatusCode::OK,
+                &json!({"kind": "APIResourceList", "apiVersion": "v1",
+                        "groupVersion": "authentication.k8s.io/v1", "resources": []}),
+            )
+        }
+        ["api", "v1", "nodes"] if get => authorized(policy, &who, "list", "nodes", None, None)
+            .unwrap_or_else(|| json_resp(StatusCode::OK, &node_list(&settings.nodes))),
+        ["api", "v1", "nodes", node] if get => {
+            authorized(policy, &who, "get", "nodes", Some(node), None).unwrap_or_else(|| {
+                match settings.nodes.iter().find(|n| n == node) {
+                    Some(n) => json_resp(StatusCode::OK, &node_json(n, &settings.nodes)),
+                    None => not_found("nodes", node),
+                }
+            })
+        }
+        ["api", "v1", "nodes", node, "proxy", rest @ ..] if get => {
+            authorized(policy, &who, "get", "nodes/proxy", Some(node), None).unwrap_or_else(|| {
+                if settings.nodes.iter().any(|n| n == node) {
+                    kubelet(&cluster.name, node, rest)
+                } else {
+                    not_found("nodes", node)
+                }
+            })
+        }
+        ["api", "v1", "namespaces", ns, "serviceaccounts", name] if get => {
+            authorized(policy, &who, "get", "serviceaccounts", Some(name), Some(ns))
+                .unwrap_or_else(|| match cluster.service_account_uid(ns, name) {
+                    Some(uid) => json_resp(
+                        StatusCode::OK,
+                        &json!({
+                            "kind": "ServiceAccount",
+                            "apiVersion": "v1",
+                            "metadata": {"name": name, "namespace": ns, "uid": uid},
+                        }),
+                    ),
+                    None => not_found("serviceaccounts", name),
+                })
+        }
+        ["api", "v1", "namespaces", ns, "serviceaccounts", name, "token"]
+            if method == Method::POST =>
+        {
+            let (ns, name) = (ns.to_string(), name.to_string());
+            if let Some(denied) =
+                authorized(policy, &who, "create", "serviceaccounts/token", Some(&name), Some(&ns))
+            {
+                return Ok(denied);
+            }
+            token_request(settings, cluster, req, &ns, &name).await?
+        }
+        _ if known_path(segs) => status_resp(
+            405,
+            "MethodNotAllowed",
+            &format!("the server does not allow this method on the requested resource"),
+            Some(json!({})),
+        ),
+        _ => {
+            tracing::info!(cluster = %cluster.name, %method, path = %segs.join("/"), "unknown path");
+            not_found_path()
+        }
+    };
+    Ok(resp)
+}
+
+fn known_path(segs: &[&str]) -> bool {
+    matches!(
+        segs,
+        ["version" | "healthz" | "livez" | "readyz" | "api" | "apis"]
+            | ["api", "v1"]
+            | ["api", "v1", "nodes", ..]
+            | ["api", "v1", "namespaces", _, "serviceaccounts", _]
+            | ["api", "v1", "namespaces", _, "serviceaccounts", _, "token"]
+    )
+}
+
+/// `Some(403 response)` if `who` may not do it.
+fn authorized(
+    policy: &Policy,
+    who: &Identity,
+    verb: &str,
+    resource: &str,
+    name: Option<&str>,
+    namespace: Option<&str>,
+) -> Option<Resp> {
+    let a = Attributes {
+        verb,
+        resource,
+        name,
+        namespace,
+    };
+    (!policy.allows(who, &a)).then(|| forbidden(who, &a))
+}
+
+fn authenticate(
+    settings: &Settings,
+    cluster: &Cluster,
+    conn: &ConnInfo,
+    headers: &http::HeaderMap,
+) -> Result<Identity, Rejection> {
+    if let Some(id) = &conn.cert {
+        return Ok(id.clone());
+    }
+    let Some(auth) = headers.get(http::header::AUTHORIZATION) else {
+        return Ok(Identity::anonymous());
+    };
+    let auth = auth.to_str().map_err(|_| Rejection::Unknown)?;
+    let Some((scheme, token)) = auth.split_once(' ') else {
+        return Ok(Identity::anonymous());
+    };
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Ok(Identity::anonymous());
+    }
+    authenticate_token(settings, cluster, token.trim(), now())
+}
+
+/// Checks a bearer token as of `now` (Unix seconds).
+pub(crate) fn authenticate_token(
+    settings: &Settings,
+    cluster: &Cluster,
+    token: &str,
+    now: f64,
+) -> Result<Identity, Rejection> {
+    if token == cluster.issuer_token {
+        return Ok(Identity::user(rbac::ISSUER_USER));
+    }
+    if token == cluster.nobody_token {
+        return Ok(Identity::user(rbac::NOBODY_USER));
+    }
+    let signer = cluster.signer().map_err(|_| Rejection::Unknown)?;
+    let claims = signer.verify(token).map_err(|e| match e {
+        VerifyError::Malformed => Rejection::Unknown,
+        VerifyError::BadSignature => Rejection::BadSignature,
+    })?;
+    if claims.iss != ISSUER || !claims.aud.iter().any(|a| settings.audiences.contains(a)) {
+        return Err(Rejection::Unknown);
+    }
+    let leeway = settings.leeway.as_secs_f64();
+    if claims.nbf as f64 > now + leeway || claims.iat as f64 > now + leeway {
+        return Err(Rejection::NotYetValid);
+    }
+    if now - leeway > claims.exp as f64 {
+        return Err(Rejection::Expired);
+    }
+    let k = &claims.kubernetes_io;
+    match cluster.service_account_uid(&k.namespace, &k.serviceaccount.name) {
+        Some(uid) if uid == k.serviceaccount.uid => {
+            Ok(Identity::service_account(&k.namespace, &k.serviceaccount.name))
+        }
+        _ => Err(Rejection::Unknown),
+    }
+}
+
+#[derive(Deserialize)]
+struct TokenRequestJson {
+    kind: Option<String>,
+    #[serde(default)]
+    spec: TokenRequestSpecJson,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct TokenRequestSpecJson {
+    #[serde(default)]
+    audiences: Option<Vec<String>>,
+    expiration_seconds: Option<i64>,
+    bound_object_ref: Option<Value>,
+}
+
+/// Human form of a duration as in the real validation message ("10 minutes").
+fn human(secs: u64) -> String {
+    let (n, unit) = if secs % 3600 == 0 && secs > 0 {
+        (secs / 3600, "hour")
+    } else if secs % 60 == 0 && secs > 0 {
+        (secs / 60, "minute")
+    } else {
+        (secs, "second")
+    };
+    format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
+}
+
+fn invalid_expiration(value: i64, what: &str) -> Resp {
+    let cause = format!("Invalid value: {value}: {what}");
+    status_resp(
+        422,
+        "Invalid",
+        &format!(
+            "TokenRequest.authentication.k8s.io \"\" is invalid: spec.expirationSeconds: {cause}"
+        ),
+        Some(json!({
+            "group": "authentication.k8s.io",
+            "kind": "TokenRequest",
+            "causes": [{
+                "reason": "FieldValueInvalid",
+                "message": cause,
+                "field": "spec.expirationSeconds",
+            }],
+        })),
+    )
+}
+
+async fn token_request(
+    settings: &Settings,
+    cluster: &Cluster,
+    req: Request<Incoming>,
+    ns: &str,
+    name: &str,
+) -> Result<Resp, DropConnection> {
+    let content_type = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return Ok(status_resp(
+                413,
+                "RequestEntityTooLarge",
+                "Request entity too large: limit is 1048576",
+                None,
+            ));
+        }
+        Err(_) => return Err(DropConnection),
+    };
+    let (audiences, expiration, bound) = match content_type.as_str() {
+        "application/vnd.kubernetes.protobuf" => match proto::decode_token_request(&body) {
+            Ok(s) => (s.audiences, s.expiration_seconds, None),
+            Err(e) => return Ok(bad_request(&format!("failed to decode protobuf TokenRequest: {e}"))),
+        },
+        "" | "application/json" => match serde_json::from_slice::<TokenRequestJson>(&body) {
+            Ok(t) if t.kind.as_deref().is_none_or(|k| k == "TokenRequest") => (
+                t.spec.audiences.unwrap_or_default(),
+                t.spec.expiration_seconds,
+                t.spec.bound_object_ref,
+            ),
+            Ok(t) => {
+                return Ok(bad_request(&format!(
+                    "expected kind TokenRequest, got {:?}",
+                    t.kind.unwrap_or_default()
+                )));
+            }
+            Err(e) => {
+                return Ok(bad_request(&format!(
+                    "couldn't decode TokenRequest: json parse error: {e}"
+                )));
+            }
+        },
+        other => {
+            return Ok(status_resp(
+                415,
+                "UnsupportedMediaType",
+                &format!(
+                    "the body of the request was in an unknown format ({other}) - accepted media types include: application/json, application/vnd.kubernetes.protobuf"
+                ),
+                None,
+            ));
+        }
+    };
+    let requested = expiration.unwrap_or(DEFAULT_EXPIRATION_SECONDS);
+    let min = settings.min_expiration.as_secs();
+    if requested < i64::try_from(min).unwrap_or(i64::MAX) {
+        return Ok(invalid_expiration(
+            requested,
+            &format!("may not specify a duration less than {}", human(min)),
+        ));
+    }
+    if requested > MAX_EXPIRATION_SECONDS {
+        return Ok(invalid_expiration(
+            requested,
+            "may not specify a duration larger than 2^32 seconds",
+        ));
+    }
+    let Some(uid) = cluster.service_account_uid(ns, name) else {
+        return Ok(not_found("serviceaccounts", name));
+    };
+    let mut granted = requested;
+    let mut warning = None;
+    if let Some(max) = settings.max_expiration {
+        let max = i64::try_from(max.as_secs()).unwrap_or(i64::MAX);
+        if granted > max {
+            warning = Some(format!(
+                "299 - \"requested expiration of {granted} seconds shortened to {max} seconds\""
+            ));
+            granted = max;
+        }
+    }
+    let audiences = if audiences.is_empty() {
+        settings.audiences.clone()
+    } else {
+        audiences
+    };
+    let iat = now() as i64;
+    let exp = iat + granted;
+    let claims = Claims {
+        aud: audiences.clone(),
+        exp,
+        iat,
+        iss: ISSUER.to_string(),
+        jti: super::cluster::new_uid(),
+        kubernetes_io: KubernetesClaim {
+            namespace: ns.to_string(),
+            serviceaccount: ServiceAccountRef {
+                name: name.to_string(),
+                uid,
+            },
+        },
+        nbf: iat,
+        sub: format!("system:serviceaccount:{ns}:{name}"),
+    };
+    let token = match cluster.signer().and_then(|s| s.sign(&claims)) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(cluster = %cluster.name, error = %e, "signing failed");
+            return Ok(status_resp(500, "InternalError", "Internal error occurred: failed to sign token", None));
+        }
+    };
+    cluster.record_issued(ns, name, exp);
+    let expiration_timestamp = jiff::Timestamp::from_second(exp)
+        .map(|t| t.to_string())
+        .unwrap_or_default();
+    let mut spec = json!({ "audiences": audiences, "expirationSeconds": granted });
+    if let Some(b) = bound {
+        spec["boundObjectRef"] = b;
+    }
+    let mut resp = json_resp(
+        StatusCode::CREATED,
+        &json!({
+            "kind": "TokenRequest",
+            "apiVersion": "authentication.k8s.io/v1",
+            "metadata": { "name": name, "namespace": ns, "creationTimestamp": null },
+            "spec": spec,
+            "status": { "token": token, "expirationTimestamp": expiration_timestamp },
+        }),
+    );
+    if let Some(w) = warning.and_then(|w| HeaderValue::from_str(&w).ok()) {
+        resp.headers_mut().insert(http::header::WARNING, w);
+    }
+    Ok(resp)
+}
+
+fn non_resource(path: &str, _headers: &http::HeaderMap) -> Resp {
+    match path {
+        "version" => json_resp(
+            StatusCode::OK,
+            &json!({
+                "major": "1",
+                "minor": "32",
+                "gitVersion": "v1.32.0",
+                "gitCommit": "70d3cc986aa8221cd1dfb1121852688902d3bf53",
+                "gitTreeState": "clean",
+                "buildDate": "2024-12-11T17:59:15Z",
+                "goVersion": "go1.23.3",
+                "compiler": "gc",
+                "platform": "linux/amd64",
+            }),
+        ),
+        "api" => json_resp(
+            StatusCode::OK,
+            &json!({
+                "kind": "APIVersions",
+                "versions": ["v1"],
+                "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1:6443"}],
+            }),
+        ),
+        "apis" => json_resp(
+            StatusCode::OK,
+            &json!({
+                "kind": "APIGroupList",
+                "apiVersion": "v1",
+                "groups": [{
+                    "name": "authentication.k8s.io",
+                    "versions": [{"groupVersion": "authentication.k8s.io/v1", "version": "v1"}],
+                    "preferredVersion": {"groupVersion": "authentication.k8s.io/v1", "version": "v1"},
+                }],
+            }),
+        ),
+        _ => respond(StatusCode::OK, "text/plain; charset=utf-8", "ok"),
+    }
+}
+
+fn core_resources() -> Value {
+    let r = |name: &str, kind: &str, namespaced: bool, verbs: &[&str]| {
+        json!({"name": name, "singularName": "", "namespaced": namespaced, "kind": kind, "verbs": verbs})
+    };
+    json!({
+        "kind": "APIResourceList",
+        "groupVersion": "v1",
+        "resources": [
+            r("nodes", "Node", false, &["get", "list"]),
+            r("nodes/proxy", "NodeProxyOptions", false, &["get"]),
+            r("serviceaccounts", "ServiceAccount", true, &["get"]),
+            {"name": "serviceaccounts/token", "singularName": "", "namespaced": true,
+             "group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest", "verbs": ["create"]},
+        ],
+    })
+}
+
+fn node_json(name: &str, all: &[String]) -> Value {
+    let index = all.iter().position(|n| n == name).unwrap_or(0) + 1;
+    json!({
+        "kind": "Node",
+        "apiVersion": "v1",
+        "metadata": {
+            "name": name,
+            "uid": format!("00000000-0000-4000-8000-{index:012}"),
+            "creationTimestamp": "2025-01-01T00:00:00Z",
+            "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux"},
+        },
+        "status": {
+            "addresses": [
+                {"type": "InternalIP", "address": format!("10.0.{}.{}", index / 250, index % 250 + 1)},
+                {"type": "Hostname", "address": name},
+            ],
+            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+        },
+    })
+}
+
+fn node_list(nodes: &[String]) -> Value {
+    json!({
+        "kind": "NodeList",
+        "apiVersion": "v1",
+        "metadata": {"resourceVersion": "1"},
+        "items": nodes.iter().map(|n| {
+            let mut v = node_json(n, nodes);
+            if let Some(m) = v.as_object_mut() {
+                m.remove("kind");
+                m.remove("apiVersion");
+            }
+            v
+        }).collect::<Vec<_>>(),
+    })
+}
+
+/// What the kubelet behind `/api/v1/nodes/<node>/proxy/<rest>` answers.
+fn kubelet(cluster: &str, node: &str, rest: &[&str]) -> Resp {
+    match rest {
+        ["metrics", "cadvisor"] => respond(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            cadvisor_text(cluster, node),
+        ),
+        ["metrics"] => respond(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            "# HELP kubelet_running_pods Number of pods that have a running pod sandbox\n\
+             # TYPE kubelet_running_pods gauge\nkubelet_running_pods 3\n",
+        ),
+        ["healthz"] => respond(StatusCode::OK, "text/plain; charset=utf-8", "ok"),
+        _ => respond(
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            "404 page not found\n",
+        ),
+    }
+}
+
+fn cadvisor_text(cluster: &str, node: &str) -> String {
+    let secs = now();
+    format!(
+        "# HELP cadvisor_version_info A metric with a constant '1' value labeled by kernel version, OS version, docker version, cadvisor version & cadvisor revision.\n\
+         # TYPE cadvisor_version_info gauge\n\
+         cadvisor_version_info{{cadvisorRevision=\"\",cadvisorVersion=\"\",dockerVersion=\"\",kernelVersion=\"6.1.0\",osVersion=\"mcprom-sim {cluster}/{node}\"}} 1\n\
+         # HELP container_cpu_usage_seconds_total Cumulative cpu time consumed in seconds.\n\
+         # TYPE container_cpu_usage_seconds_total counter\n\
+         container_cpu_usage_seconds_total{{container=\"\",cpu=\"total\",id=\"/\",image=\"\",name=\"\",namespace=\"\",pod=\"\"}} {cpu:.3}\n\
+         # HELP container_memory_working_set_bytes Current working set in bytes.\n\
+         # TYPE container_memory_working_set_bytes gauge\n\
+         container_memory_working_set_bytes{{container=\"\",id=\"/\",image=\"\",name=\"\",namespace=\"\",pod=\"\"}} 1.073741824e+09\n\
+         # HELP machine_cpu_cores Number of logical CPU cores.\n\
+         # TYPE machine_cpu_cores gauge\n\
+         machine_cpu_cores{{boot_id=\"\",machine_id=\"\",system_uuid=\"\"}} 4\n",
+        cpu = (secs % 1_000_000.0) / 10.0,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> Settings {
+        Settings {
+            min_expiration: Duration::from_secs(600),
+            max_expiration: None,
+            leeway: Duration::ZERO,
+            audiences: vec![ISSUER.to_string()],
+            policy: Policy {
+                allow_self_renew: false,
+            },
+            nodes: vec!["node-1".into()],
+        }
+    }
+
+    fn token_for(c: &Cluster, iat: i64, exp: i64) -> String {
+        let uid = c.service_account_uid("kube-system", "prometheus-test").unwrap();
+        c.signer()
+            .unwrap()
+            .sign(&Claims {
+                aud: vec![ISSUER.into()],
+                exp,
+                iat,
+                iss: ISSUER.into(),
+                jti: "x".into(),
+                kubernetes_io: KubernetesClaim {
+                    namespace: "kube-system".into(),
+                    serviceaccount: ServiceAccountRef {
+                        name: "prometheus-test".into(),
+                        uid,
+                    },
+                },
+                nbf: iat,
+                sub: "system:serviceaccount:kube-system:prometheus-test".into(),
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn token_validity_follows_exp_nbf_and_leeway() {
+        let c = Cluster::new("c1".into());
+        let mut s = settings();
+        let t = token_for(&c, 1000, 2000);
+        assert!(authenticate_token(&s, &c, &t, 1500.0).is_ok());
+        assert_eq!(authenticate_token(&s, &c, &t, 2000.5), Err(Rejection::Expired));
+        assert_eq!(authenticate_token(&s, &c, &t, 999.0), Err(Rejection::NotYetValid));
+        s.leeway = Duration::from_secs(60);
+        assert!(authenticate_token(&s, &c, &t, 2059.0).is_ok());
+        assert_eq!(authenticate_token(&s, &c, &t, 2061.0), Err(Rejection::Expired));
+    }
+
+    #[test]
+    fn foreign_deleted_and_garbage_tokens_are_rejected() {
+        let c1 = Cluster::new("c1".into());
+        let c2 = Cluster::new("c2".into());
+        let s = settings();
+        let t = token_for(&c1, 1000, 2000);
+        assert_eq!(authenticate_token(&s, &c2, &t, 1500.0), Err(Rejection::BadSignature));
+        assert_eq!(authenticate_token(&s, &c1, "garbage", 1500.0), Err(Rejection::Unknown));
+        assert_eq!(
+            authenticate_token(&s, &c1, &c2.issuer_token, 1500.0),
+            Err(Rejection::Unknown)
+        );
+        c1.delete_service_account("kube-system", "prometheus-test");
+        c1.create_service_account("kube-system", "prometheus-test");
+        assert_eq!(authenticate_token(&s, &c1, &t, 1500.0), Err(Rejection::Unknown));
+    }
+
+    #[test]
+    fn durations_read_like_the_real_validation_message() {
+        assert_eq!(human(600), "10 minutes");
+        assert_eq!(human(1), "1 second");
+        assert_eq!(human(3600), "1 hour");
+        assert_eq!(human(90), "90 seconds");
+    }
+}

@@ -1,0 +1,136 @@
+//! The plain-HTTP control endpoint (loopback only) that out-of-process tests
+//! use to inject faults, take clusters down and read counters.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{ClusterHandle, Fault, Registry};
+
+type Resp = Response<Full<Bytes>>;
+
+fn reply(status: StatusCode, v: &Value) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn error(status: StatusCode, message: &str) -> Resp {
+    reply(status, &json!({ "error": message }))
+}
+
+/// Serves the control endpoint until `cancel`.
+pub(crate) async fn run(
+    listener: TcpListener,
+    registry: Arc<Registry>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+) {
+    loop {
+        let (tcp, _) = tokio::select! {
+            () = cancel.cancelled() => break,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "control accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let registry = registry.clone();
+        let cancel = cancel.clone();
+        tracker.spawn(async move {
+            let service = service_fn(move |req| {
+                let registry = registry.clone();
+                async move { Ok::<_, std::convert::Infallible>(handle(&registry, req).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), service);
+            tokio::select! {
+                _ = conn => {}
+                () = cancel.cancelled() => {}
+            }
+        });
+    }
+}
+
+async fn handle(registry: &Registry, req: Request<Incoming>) -> Resp {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    if let (&Method::GET, ["stats"]) = (&method, segs.as_slice()) {
+        return reply(StatusCode::OK, &json!(registry.stats()));
+    }
+    let ["clusters", name, rest @ ..] = segs.as_slice() else {
+        return error(StatusCode::NOT_FOUND, &format!("no such control path {path}"));
+    };
+    let Some(cluster) = registry.handle(name) else {
+        return error(StatusCode::NOT_FOUND, &format!("no cluster named {name:?}"));
+    };
+    match (&method, rest) {
+        (&Method::GET, ["stats"]) => reply(StatusCode::OK, &json!(cluster.stats())),
+        (&Method::POST, ["faults"]) => {
+            let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => return error(StatusCode::BAD_REQUEST, &format!("failed to read body: {e}")),
+            };
+            match serde_json::from_slice::<Fault>(&body) {
+                Ok(f) => {
+                    cluster.inject_fault(f);
+                    reply(StatusCode::OK, &json!({ "ok": true }))
+                }
+                Err(e) => error(StatusCode::BAD_REQUEST, &format!("invalid fault: {e}")),
+            }
+        }
+        (&Method::DELETE, ["faults"]) => {
+            cluster.clear_faults();
+            reply(StatusCode::OK, &json!({ "ok": true }))
+        }
+        (&Method::POST, ["down"]) => {
+            cluster.down().await;
+            reply(StatusCode::OK, &json!({ "ok": true }))
+        }
+        (&Method::POST, ["up"]) => match cluster.up().await {
+            Ok(()) => reply(StatusCode::OK, &json!({ "ok": true })),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e:#}")),
+        },
+        (&Method::DELETE, ["serviceaccounts", ns, sa]) => {
+            if cluster.delete_service_account(ns, sa) {
+                reply(StatusCode::OK, &json!({ "ok": true }))
+            } else {
+                error(StatusCode::NOT_FOUND, &format!("serviceaccount {ns}/{sa} does not exist"))
+            }
+        }
+        (&Method::POST, ["serviceaccounts", ns, sa]) => {
+            if cluster.create_service_account(ns, sa) {
+                reply(StatusCode::CREATED, &json!({ "ok": true }))
+            } else {
+                error(StatusCode::CONFLICT, &format!("serviceaccount {ns}/{sa} already exists"))
+            }
+        }
+        _ => error(
+            StatusCode::NOT_FOUND,
+            &format!("no such control operation {method} {path}"),
+        ),
+    }
+}
+
+impl Registry {
+    fn handle(&self, name: &str) -> Option<ClusterHandle> {
+        self.cluster_handle(name)
+    }
+}

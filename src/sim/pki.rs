@@ -1,0 +1,161 @@
+//! Certificates for a simulated API server: a CA, a serving certificate for
+//! `127.0.0.1`/`localhost`, and client certificates (CN = user, O = groups).
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, date_time_ymd,
+};
+use rustls::ServerConfig;
+use rustls::server::WebPkiClientVerifier;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+/// A PEM certificate with its PEM private key.
+#[derive(Clone)]
+pub struct CertAndKey {
+    /// Certificate, PEM.
+    pub cert_pem: String,
+    /// PKCS#8 private key, PEM.
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for CertAndKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertAndKey").finish_non_exhaustive()
+    }
+}
+
+/// A CA together with what a listener and an admin need.
+pub struct Pki {
+    /// CA certificate, PEM (what `ca.crt` contains).
+    pub ca_pem: String,
+    /// The admin client certificate (CN=kubernetes-admin, O=system:masters).
+    pub admin: CertAndKey,
+    /// TLS configuration of the listener (client certificates optional).
+    pub server_config: Arc<ServerConfig>,
+}
+
+fn params(cn: &str, orgs: &[&str]) -> anyhow::Result<CertificateParams> {
+    let mut p = CertificateParams::new(Vec::<String>::new())?;
+    let mut dn = DistinguishedName::new();
+    for o in orgs {
+        dn.push(DnType::OrganizationName, *o);
+    }
+    dn.push(DnType::CommonName, cn);
+    p.distinguished_name = dn;
+    p.not_before = date_time_ymd(2000, 1, 1);
+    p.not_after = date_time_ymd(2099, 12, 31);
+    Ok(p)
+}
+
+fn key() -> anyhow::Result<KeyPair> {
+    KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).context("failed to generate a P-256 key")
+}
+
+impl Pki {
+    /// Generates a CA named `name`, a serving certificate and the admin
+    /// client certificate.
+    pub fn generate(name: &str) -> anyhow::Result<Self> {
+        let ca_key = key()?;
+        let mut ca_params = params(&format!("mcprom-sim-ca-{name}"), &[])?;
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_cert = ca_params.self_signed(&ca_key)?;
+        let ca_der = ca_cert.der().clone();
+        let issuer = Issuer::new(ca_params, ca_key);
+
+        let server_key = key()?;
+        let mut server_params = CertificateParams::new(vec!["localhost".to_string()])?;
+        server_params
+            .subject_alt_names
+            .push(rcgen::SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
+        server_params.distinguished_name = {
+            let mut dn = DistinguishedName::new();
+            dn.push(DnType::CommonName, "kube-apiserver");
+            dn
+        };
+        server_params.not_before = date_time_ymd(2000, 1, 1);
+        server_params.not_after = date_time_ymd(2099, 12, 31);
+        server_params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        server_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let server_cert = server_params.signed_by(&server_key, &issuer)?;
+
+        let admin = client_cert(&issuer, "kubernetes-admin", &["system:masters"])?;
+
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca_der.clone())?;
+        let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
+            .allow_unauthenticated()
+            .build()
+            .context("failed to build the client certificate verifier")?;
+        let mut server_config = ServerConfig::builder()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(
+                vec![server_cert.der().clone(), ca_der],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server_key.serialize_der())),
+            )
+            .context("failed to build the TLS server configuration")?;
+        server_config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Self {
+            ca_pem: ca_cert.pem(),
+            admin,
+            server_config: Arc::new(server_config),
+        })
+    }
+}
+
+fn client_cert(
+    issuer: &Issuer<'_, KeyPair>,
+    user: &str,
+    groups: &[&str],
+) -> anyhow::Result<CertAndKey> {
+    let k = key()?;
+    let mut p = params(user, groups)?;
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = p.signed_by(&k, issuer)?;
+    Ok(CertAndKey {
+        cert_pem: cert.pem(),
+        key_pem: k.serialize_pem(),
+    })
+}
+
+/// The user (CN) and groups (O) of a verified client certificate.
+pub fn identity_of(cert: &CertificateDer<'_>) -> Option<(String, Vec<String>)> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let subject = parsed.subject();
+    let cn = subject
+        .iter_common_name()
+        .next()
+        .and_then(|a| a.as_str().ok())?
+        .to_string();
+    let groups = subject
+        .iter_organization()
+        .filter_map(|a| a.as_str().ok().map(str::to_string))
+        .collect();
+    Some((cn, groups))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admin_certificate_carries_user_and_group() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let pki = Pki::generate("t").unwrap();
+        let der = rustls_pki_types::pem::PemObject::from_pem_slice(pki.admin.cert_pem.as_bytes())
+            .map(|c: CertificateDer<'static>| c)
+            .unwrap();
+        assert_eq!(
+            identity_of(&der),
+            Some(("kubernetes-admin".into(), vec!["system:masters".into()]))
+        );
+    }
+}
