@@ -46,6 +46,35 @@ pub enum Command {
     Run,
     /// Validate the config file and the files it names; exit 78 on problems.
     Check,
+    /// Print the Kubernetes manifests a cluster needs (its ServiceAccount,
+    /// read access for Prometheus, the token-minting rule) as YAML for
+    /// `kubectl apply -f -`.
+    Rbac {
+        /// Only this cluster (default: every cluster, one after another).
+        cluster: Option<String>,
+    },
+    /// Print Prometheus scrape jobs (cAdvisor and kubelet metrics through
+    /// each API server) that read mcprom's token files.
+    ScrapeConfig {
+        /// Only this cluster (default: every cluster).
+        cluster: Option<String>,
+        /// List the nodes now, with each cluster's token, in static_configs
+        /// instead of kubernetes_sd_configs (for Prometheus builds without
+        /// Kubernetes discovery, such as Debian's).
+        #[arg(long = "static")]
+        static_nodes: bool,
+        /// Also write CAs that kubeconfigs embed (certificate-authority-data)
+        /// to the files the jobs read.
+        #[arg(long)]
+        write_ca: bool,
+    },
+    /// Store a first token read from stdin for a self-renewing cluster
+    /// (credentials.self = true), e.g.
+    /// `kubectl create token prometheus -n kube-system --duration 24h | mcprom seed prod`.
+    Seed {
+        /// The cluster.
+        cluster: String,
+    },
     /// Run the daemon against simulated clusters on loopback, with a real
     /// `prometheus` when one is on PATH.
     Demo {
@@ -64,7 +93,22 @@ pub fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     crate::logging::init(&cli.log_level);
+    crate::selfrenew::remember_config_path(&config::validate::absolute(&cli.config));
     let code = match cli.command {
+        Command::Rbac { cluster } => crate::onboarding::rbac(&cli.config, cluster.as_deref()),
+        Command::ScrapeConfig {
+            cluster,
+            static_nodes,
+            write_ca,
+        } => runtime().and_then(|rt| {
+            rt.block_on(crate::onboarding::scrape_config(
+                &cli.config,
+                cluster.as_deref(),
+                static_nodes,
+                write_ca,
+            ))
+        }),
+        Command::Seed { cluster } => crate::onboarding::seed(&cli.config, &cluster),
         Command::Run => run(&cli.config),
         Command::Check => check(&cli.config),
         Command::Demo { duration } => runtime().and_then(|rt| {

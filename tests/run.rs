@@ -13,7 +13,14 @@ use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_clusters_rotate_and_the_files_always_hold_complete_accepted_tokens() {
-    let sim = Sim::start(&["--clusters", "3", "--min-expiration", "1s", "--expiry-leeway", "0s"]);
+    let sim = Sim::start(&[
+        "--clusters",
+        "3",
+        "--min-expiration",
+        "1s",
+        "--expiry-leeway",
+        "0s",
+    ]);
     let work = tempfile::tempdir().unwrap();
     let conf = Conf {
         expiration: "10s",
@@ -39,25 +46,44 @@ async fn three_clusters_rotate_and_the_files_always_hold_complete_accepted_token
         for (i, file) in files.iter().enumerate() {
             let content = std::fs::read_to_string(file).expect("token file never missing");
             assert!(!content.is_empty(), "token file never empty");
-            assert_eq!(content.split('.').count(), 3, "a complete JWT: {}", content.len());
+            assert_eq!(
+                content.split('.').count(),
+                3,
+                "a complete JWT: {}",
+                content.len()
+            );
             assert!(!content.ends_with('\n'));
             let list = seen.entry(i).or_default();
             if list.last() != Some(&content) {
                 let c = claims(&content);
-                assert_eq!(c["sub"], "system:serviceaccount:kube-system:prometheus-test");
+                assert_eq!(
+                    c["sub"],
+                    "system:serviceaccount:kube-system:prometheus-test"
+                );
                 list.push(content);
             }
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     for (i, tokens) in &seen {
-        assert!(tokens.len() >= 3, "{}: only {} tokens seen", names[*i], tokens.len());
+        assert!(
+            tokens.len() >= 3,
+            "{}: only {} tokens seen",
+            names[*i],
+            tokens.len()
+        );
         // Every token the reader saw was accepted by the simulator until its
         // exp: the newest ones are still accepted now.
         let newest = tokens.last().unwrap();
-        assert!(sim.accepts(names[*i], newest).await, "newest token accepted");
+        assert!(
+            sim.accepts(names[*i], newest).await,
+            "newest token accepted"
+        );
         // Each was issued after the previous one.
-        let iats: Vec<u64> = tokens.iter().map(|t| claims(t)["iat"].as_u64().unwrap()).collect();
+        let iats: Vec<u64> = tokens
+            .iter()
+            .map(|t| claims(t)["iat"].as_u64().unwrap())
+            .collect();
         assert!(iats.windows(2).all(|w| w[0] <= w[1]), "{iats:?}");
     }
     // The file holds the newest token the simulator issued.
@@ -112,9 +138,11 @@ async fn ten_clusters_rotating_together_cause_one_reload() {
     };
     let config = write_config(&sim, work.path(), &conf, None);
     let daemon = Daemon::start(&config, "info");
-    eventually(Duration::from_secs(30), "ten tokens and a reload", || async {
-        (daemon.count("token refreshed") == 10 && receiver.count() >= 1).then_some(())
-    })
+    eventually(
+        Duration::from_secs(30),
+        "ten tokens and a reload",
+        || async { (daemon.count("token refreshed") == 10 && receiver.count() >= 1).then_some(()) },
+    )
     .await;
     // Nothing else is due for most of an hour: the count must stay at one.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -143,7 +171,9 @@ async fn a_slow_reload_is_never_doubled() {
     })
     .await;
     assert_eq!(
-        receiver.max_in_flight.load(std::sync::atomic::Ordering::SeqCst),
+        receiver
+            .max_in_flight
+            .load(std::sync::atomic::Ordering::SeqCst),
         1,
         "{}",
         daemon.log()
@@ -165,7 +195,10 @@ async fn a_wrong_ca_and_a_forbidden_credential_back_off_while_others_rotate() {
             "c1".into(),
             format!("ca_file = \"{}\"", sim.ca_file("c3").display()),
         )],
-        credentials: vec![("c2".into(), format!("kubeconfig = \"{}\"", nobody.display()))],
+        credentials: vec![(
+            "c2".into(),
+            format!("kubeconfig = \"{}\"", nobody.display()),
+        )],
         ..Conf::default()
     };
     let config = write_config(&sim, work.path(), &conf, None);
@@ -192,12 +225,22 @@ async fn a_wrong_ca_and_a_forbidden_credential_back_off_while_others_rotate() {
         .filter(|l| l.contains("cluster=c1") && l.contains("token refresh failed"))
         .count();
     assert!(c1_failures >= 1, "{log}");
-    assert!(log.contains("TLS verification of the API server failed"), "{log}");
+    assert!(
+        log.contains("TLS verification of the API server failed"),
+        "{log}"
+    );
     assert!(log.contains("forbidden (403)"), "{log}");
-    assert!(log.contains(r#"cannot create resource \"serviceaccounts/token\""#) || log.contains(r#"cannot create resource "serviceaccounts/token""#), "{log}");
+    assert!(
+        log.contains(r#"cannot create resource \"serviceaccounts/token\""#)
+            || log.contains(r#"cannot create resource "serviceaccounts/token""#),
+        "{log}"
+    );
     // Backoff: from 1 s doubling, so at most ~log2(elapsed)+2 attempts.
     let bound = (elapsed.log2().ceil() as usize) + 3;
-    assert!(c1_failures <= bound, "c1 tried {c1_failures} times in {elapsed:.0}s");
+    assert!(
+        c1_failures <= bound,
+        "c1 tried {c1_failures} times in {elapsed:.0}s"
+    );
     let c2_requests = sim.token_requests("c2").await as usize;
     assert!(
         (1..=bound).contains(&c2_requests),
@@ -207,7 +250,14 @@ async fn a_wrong_ca_and_a_forbidden_credential_back_off_while_others_rotate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_api_outage_longer_than_half_a_lifetime_keeps_the_old_token_until_recovery() {
-    let sim = Sim::start(&["--clusters", "1", "--min-expiration", "1s", "--expiry-leeway", "0s"]);
+    let sim = Sim::start(&[
+        "--clusters",
+        "1",
+        "--min-expiration",
+        "1s",
+        "--expiry-leeway",
+        "0s",
+    ]);
     let work = tempfile::tempdir().unwrap();
     let conf = Conf {
         expiration: "30s",
@@ -222,12 +272,22 @@ async fn an_api_outage_longer_than_half_a_lifetime_keeps_the_old_token_until_rec
     })
     .await;
     let exp = claims(&first)["exp"].as_u64().unwrap();
-    sim.control(reqwest::Method::POST, "/clusters/c1/down", None).await;
+    sim.control(reqwest::Method::POST, "/clusters/c1/down", None)
+        .await;
     // Stay down past the refresh point (half of 30 s) and a bit.
     tokio::time::sleep(Duration::from_secs(17)).await;
-    assert_eq!(read_token(&file).as_deref(), Some(first.as_str()), "old token kept");
-    assert!(daemon.count("token refresh failed") >= 1, "{}", daemon.log());
-    sim.control(reqwest::Method::POST, "/clusters/c1/up", None).await;
+    assert_eq!(
+        read_token(&file).as_deref(),
+        Some(first.as_str()),
+        "old token kept"
+    );
+    assert!(
+        daemon.count("token refresh failed") >= 1,
+        "{}",
+        daemon.log()
+    );
+    sim.control(reqwest::Method::POST, "/clusters/c1/up", None)
+        .await;
     let fresh = eventually(Duration::from_secs(12), "a fresh token", || async {
         read_token(&file).filter(|t| *t != first)
     })
@@ -242,13 +302,19 @@ async fn a_restart_adopts_valid_tokens_and_a_changed_service_account_gets_a_new_
     let work = tempfile::tempdir().unwrap();
     let config = write_config(&sim, work.path(), &Conf::default(), None);
     let mut daemon = Daemon::start(&config, "info");
-    let files = [work.path().join("tokens/c1.token"), work.path().join("tokens/c2.token")];
+    let files = [
+        work.path().join("tokens/c1.token"),
+        work.path().join("tokens/c2.token"),
+    ];
     eventually(Duration::from_secs(20), "tokens", || async {
         files.iter().all(|f| f.exists()).then_some(())
     })
     .await;
     assert!(daemon.terminate().0.success());
-    let before = (sim.token_requests("c1").await, sim.token_requests("c2").await);
+    let before = (
+        sim.token_requests("c1").await,
+        sim.token_requests("c2").await,
+    );
     assert_eq!(before, (1, 1));
 
     let mut daemon = Daemon::start(&config, "info");
@@ -257,7 +323,10 @@ async fn a_restart_adopts_valid_tokens_and_a_changed_service_account_gets_a_new_
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = (sim.token_requests("c1").await, sim.token_requests("c2").await);
+    let after = (
+        sim.token_requests("c1").await,
+        sim.token_requests("c2").await,
+    );
     assert_eq!(after, before, "no TokenRequest at start-up");
     assert!(daemon.terminate().0.success());
 
@@ -275,9 +344,14 @@ async fn a_restart_adopts_valid_tokens_and_a_changed_service_account_gets_a_new_
     );
     std::fs::write(&config, text).unwrap();
     let _daemon = Daemon::start(&config, "info");
-    let token = eventually(Duration::from_secs(20), "a token for the other account", || async {
-        read_token(&files[0]).filter(|t| claims(t)["sub"] == "system:serviceaccount:kube-system:other")
-    })
+    let token = eventually(
+        Duration::from_secs(20),
+        "a token for the other account",
+        || async {
+            read_token(&files[0])
+                .filter(|t| claims(t)["sub"] == "system:serviceaccount:kube-system:other")
+        },
+    )
     .await;
     assert!(!token.is_empty());
     assert_eq!(sim.token_requests("c1").await, 2);
@@ -291,7 +365,10 @@ async fn a_second_instance_on_the_same_token_directory_refuses_to_start() {
     let config = write_config(&sim, work.path(), &Conf::default(), None);
     let first = Daemon::start(&config, "info");
     let file = work.path().join("tokens/c1.token");
-    eventually(Duration::from_secs(20), "token", || async { file.exists().then_some(()) }).await;
+    eventually(Duration::from_secs(20), "token", || async {
+        file.exists().then_some(())
+    })
+    .await;
     let mut second = Daemon::start(&config, "info");
     let status = second.wait_exit(Duration::from_secs(10));
     assert_eq!(status.code(), Some(1));
@@ -317,18 +394,27 @@ async fn a_missing_ca_file_fails_check_but_run_serves_the_others_and_recovers() 
         .unwrap();
     assert_eq!(check.status.code(), Some(78));
     let stderr = String::from_utf8_lossy(&check.stderr);
-    assert!(stderr.contains("c1") && stderr.contains("ca_file"), "{stderr}");
+    assert!(
+        stderr.contains("c1") && stderr.contains("ca_file"),
+        "{stderr}"
+    );
     assert!(stderr.contains(&missing.display().to_string()), "{stderr}");
 
     let daemon = Daemon::start(&config, "info");
     let c2 = work.path().join("tokens/c2.token");
     let c1 = work.path().join("tokens/c1.token");
-    eventually(Duration::from_secs(20), "c2's token", || async { c2.exists().then_some(()) }).await;
+    eventually(Duration::from_secs(20), "c2's token", || async {
+        c2.exists().then_some(())
+    })
+    .await;
     assert!(!c1.exists());
     std::fs::create_dir_all(missing.parent().unwrap()).unwrap();
     std::fs::copy(sim.ca_file("c1"), &missing).unwrap();
     // Backoff without a token is capped at 30 s.
-    eventually(Duration::from_secs(45), "c1 recovering", || async { c1.exists().then_some(()) }).await;
+    eventually(Duration::from_secs(45), "c1 recovering", || async {
+        c1.exists().then_some(())
+    })
+    .await;
     assert!(daemon.log().contains("ca_file"), "{}", daemon.log());
 }
 
@@ -373,21 +459,31 @@ async fn no_token_value_appears_in_the_output_even_at_trace_level() {
     daemon.terminate();
     let log = daemon.log();
     assert!(tokens.len() >= 4, "rotations happened: {}", tokens.len());
-    assert!(log.contains("TRACE") || log.contains("DEBUG"), "trace logging was on");
+    assert!(
+        log.contains("TRACE") || log.contains("DEBUG"),
+        "trace logging was on"
+    );
     let issuer_token = std::fs::read_to_string(sim.path().join("c2/issuer.token")).unwrap();
     for secret in tokens.iter().chain(std::iter::once(&issuer_token)) {
         let secret = secret.trim();
         assert!(!log.contains(secret), "a token leaked into the log");
         // Nor its signature part alone.
         let signature = secret.rsplit('.').next().unwrap();
-        assert!(!log.contains(signature), "a token signature leaked into the log");
+        assert!(
+            !log.contains(signature),
+            "a token signature leaked into the log"
+        );
     }
 }
 
 #[test]
 fn the_shipped_reference_config_passes_check() {
     let out = std::process::Command::new(MCPROM)
-        .args(["check", "--config", concat!(env!("CARGO_MANIFEST_DIR"), "/config/mcprom.toml")])
+        .args([
+            "check",
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/mcprom.toml"),
+        ])
         .output()
         .unwrap();
     assert!(
@@ -420,7 +516,10 @@ fn a_bad_config_exits_78_naming_file_line_column_and_key() {
             "{command}: {stderr}"
         );
         assert!(stderr.contains("servce_account"), "{stderr}");
-        assert!(stderr.contains("did you mean \"service_account\""), "{stderr}");
+        assert!(
+            stderr.contains("did you mean \"service_account\""),
+            "{stderr}"
+        );
     }
     let out = std::process::Command::new(MCPROM)
         .args(["run", "--config"])

@@ -30,12 +30,21 @@ async fn control(method: reqwest::Method, url: String, body: Option<Value>) -> r
         r = r.json(&b);
     }
     let resp = r.send().await.expect("control request");
-    assert!(resp.status().is_success(), "control request failed: {}", resp.status());
+    assert!(
+        resp.status().is_success(),
+        "control request failed: {}",
+        resp.status()
+    );
     resp
 }
 
 async fn fault(sim: &SimProcess, body: Value) {
-    control(reqwest::Method::POST, format!("{}/clusters/c1/faults", sim.control()), Some(body)).await;
+    control(
+        reqwest::Method::POST,
+        format!("{}/clusters/c1/faults", sim.control()),
+        Some(body),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -52,11 +61,24 @@ async fn faults_down_up_service_accounts_stats_and_sigterm() {
     let resp = request_token(&http, &api, &issuer, 3600).await.unwrap();
     assert_eq!(resp.status(), 503);
     let v: Value = resp.json().await.unwrap();
-    assert_eq!((v["kind"].as_str(), v["reason"].as_str()), (Some("Status"), Some("ServiceUnavailable")));
-    assert_eq!(request_token(&http, &api, &issuer, 3600).await.unwrap().status(), 201);
+    assert_eq!(
+        (v["kind"].as_str(), v["reason"].as_str()),
+        (Some("Status"), Some("ServiceUnavailable"))
+    );
+    assert_eq!(
+        request_token(&http, &api, &issuer, 3600)
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
 
     // 429 with Retry-After.
-    fault(&sim, json!({"count": 1, "kind": "status", "code": 429, "retry_after_seconds": 2})).await;
+    fault(
+        &sim,
+        json!({"count": 1, "kind": "status", "code": 429, "retry_after_seconds": 2}),
+    )
+    .await;
     let resp = request_token(&http, &api, &issuer, 3600).await.unwrap();
     assert_eq!(resp.status(), 429);
     assert_eq!(resp.headers().get("retry-after").unwrap(), "2");
@@ -64,51 +86,105 @@ async fn faults_down_up_service_accounts_stats_and_sigterm() {
     // Token-request faults leave other paths alone; scope all hits them.
     fault(&sim, json!({"count": 1, "kind": "status", "code": 500})).await;
     assert_eq!(scrape(&http, &api, &token).await, 200);
-    assert_eq!(request_token(&http, &api, &issuer, 3600).await.unwrap().status(), 500);
-    fault(&sim, json!({"count": 1, "kind": "status", "code": 500, "scope": "all"})).await;
+    assert_eq!(
+        request_token(&http, &api, &issuer, 3600)
+            .await
+            .unwrap()
+            .status(),
+        500
+    );
+    fault(
+        &sim,
+        json!({"count": 1, "kind": "status", "code": 500, "scope": "all"}),
+    )
+    .await;
     assert_eq!(scrape(&http, &api, &token).await, 500);
     assert_eq!(scrape(&http, &api, &token).await, 200);
 
     // Reset: no response at all.
     fault(&sim, json!({"count": 1, "kind": "reset"})).await;
-    let err = request_token(&http, &api, &issuer, 3600).await.expect_err("reset");
+    let err = request_token(&http, &api, &issuer, 3600)
+        .await
+        .expect_err("reset");
     assert!(!err.is_timeout(), "a reset is not a timeout: {err}");
 
     // Hang: the client gives up.
     fault(&sim, json!({"count": 1, "kind": "hang"})).await;
     let impatient = fresh_client(&c1.ca_file, Duration::from_secs(1));
-    let err = request_token(&impatient, &api, &issuer, 3600).await.expect_err("hang");
+    let err = request_token(&impatient, &api, &issuer, 3600)
+        .await
+        .expect_err("hang");
     assert!(err.is_timeout(), "expected a client timeout, got {err}");
 
     // Clear.
     fault(&sim, json!({"count": 5, "kind": "status", "code": 503})).await;
-    control(reqwest::Method::DELETE, format!("{}/clusters/c1/faults", sim.control()), None).await;
-    assert_eq!(request_token(&http, &api, &issuer, 3600).await.unwrap().status(), 201);
+    control(
+        reqwest::Method::DELETE,
+        format!("{}/clusters/c1/faults", sim.control()),
+        None,
+    )
+    .await;
+    assert_eq!(
+        request_token(&http, &api, &issuer, 3600)
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
 
     // Down: connection refused; up: same port again.
     let addr = api.trim_start_matches("https://").to_string();
-    control(reqwest::Method::POST, format!("{}/clusters/c1/down", sim.control()), None).await;
-    let refused = tokio::net::TcpStream::connect(&addr).await.expect_err("down cluster refuses");
+    control(
+        reqwest::Method::POST,
+        format!("{}/clusters/c1/down", sim.control()),
+        None,
+    )
+    .await;
+    let refused = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect_err("down cluster refuses");
     assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
-    control(reqwest::Method::POST, format!("{}/clusters/c1/up", sim.control()), None).await;
+    control(
+        reqwest::Method::POST,
+        format!("{}/clusters/c1/up", sim.control()),
+        None,
+    )
+    .await;
     assert_eq!(scrape(&http, &api, &token).await, 200);
 
     // Deleting the ServiceAccount invalidates its tokens; recreating gives a new uid.
-    let sa = format!("{}/clusters/c1/serviceaccounts/kube-system/prometheus-test", sim.control());
+    let sa = format!(
+        "{}/clusters/c1/serviceaccounts/kube-system/prometheus-test",
+        sim.control()
+    );
     control(reqwest::Method::DELETE, sa.clone(), None).await;
     assert_eq!(scrape(&http, &api, &token).await, 401);
-    assert_eq!(request_token(&http, &api, &issuer, 3600).await.unwrap().status(), 404);
+    assert_eq!(
+        request_token(&http, &api, &issuer, 3600)
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
     control(reqwest::Method::POST, sa, None).await;
     let new_token = issue(&http, &api, &issuer, 3600).await;
     assert_eq!(scrape(&http, &api, &new_token).await, 200);
-    assert_eq!(scrape(&http, &api, &token).await, 401, "old token stays invalid");
+    assert_eq!(
+        scrape(&http, &api, &token).await,
+        401,
+        "old token stays invalid"
+    );
 
     // Counters.
-    let stats: SimStats = control(reqwest::Method::GET, format!("{}/stats", sim.control()), None)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let stats: SimStats = control(
+        reqwest::Method::GET,
+        format!("{}/stats", sim.control()),
+        None,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
     let s = &stats.clusters["c1"];
     let key = |status: u16| format!("POST {TOKEN_PATH} {status}");
     assert_eq!(s.token_requests, 10);
@@ -117,9 +193,16 @@ async fn faults_down_up_service_accounts_stats_and_sigterm() {
     assert_eq!(s.requests.get(&key(503)), Some(&1));
     assert_eq!(s.requests.get(&key(429)), Some(&1));
     assert_eq!(s.requests.get(&key(500)), Some(&1));
-    assert_eq!(s.requests.get(&key(0)), Some(&2), "reset and hang count with status 0");
+    assert_eq!(
+        s.requests.get(&key(0)),
+        Some(&2),
+        "reset and hang count with status 0"
+    );
     assert_eq!(s.requests.get(&key(404)), Some(&1));
-    assert_eq!(s.requests.get(&format!("GET {CADVISOR_PATH} 500")), Some(&1));
+    assert_eq!(
+        s.requests.get(&format!("GET {CADVISOR_PATH} 500")),
+        Some(&1)
+    );
     assert_eq!(s.tokens_rejected.unknown, 2);
     let exp = claims(&new_token)["exp"].as_i64().unwrap();
     assert_eq!(s.last_exp.get("kube-system/prometheus-test"), Some(&exp));
@@ -147,10 +230,17 @@ async fn bad_control_requests_are_refused_with_a_reason() {
         .unwrap();
     assert_eq!(resp.status(), 400);
     assert!(resp.text().await.unwrap().contains("unknown fault kind"));
-    let resp = c.post(format!("{}/clusters/c9/down", sim.control())).send().await.unwrap();
+    let resp = c
+        .post(format!("{}/clusters/c9/down", sim.control()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 404);
     assert_eq!(sim.ready.clusters.len(), 2);
-    assert_ne!(sim.ready.clusters[0].api_server, sim.ready.clusters[1].api_server);
+    assert_ne!(
+        sim.ready.clusters[0].api_server,
+        sim.ready.clusters[1].api_server
+    );
 }
 
 #[tokio::test]

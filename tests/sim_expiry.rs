@@ -9,7 +9,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sim_support::*;
 
 fn now() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
 }
 
 /// Issues 2-second tokens until one is observed both accepted inside
@@ -44,7 +47,10 @@ async fn check_lifetime(leeway: u64, accepted_after_exp: bool) {
             let status = scrape(&http, &c1.api_server, &token).await;
             let after = now();
             if before >= window_start && after < window_end {
-                assert_eq!(status, 200, "token rejected while valid (exp {exp}, leeway {leeway})");
+                assert_eq!(
+                    status, 200,
+                    "token rejected while valid (exp {exp}, leeway {leeway})"
+                );
                 accepted_in_window = true;
             }
             if before > end + 0.01 {

@@ -50,16 +50,32 @@ async fn kube_client_with_issuer_token_gets_a_token_with_the_right_claims() {
     let client = kube_client(&issuer_kubeconfig(dir, "c1")).await;
     let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), "kube-system");
     let tr = sas
-        .create_token_request("prometheus-test", &PostParams::default(), &token_request(1800))
+        .create_token_request(
+            "prometheus-test",
+            &PostParams::default(),
+            &token_request(1800),
+        )
         .await
         .expect("token issued");
     let status = tr.status.expect("status");
     let claims = claims(&status.token);
-    assert_eq!(claims["sub"], "system:serviceaccount:kube-system:prometheus-test");
-    assert_eq!(claims["aud"], serde_json::json!(["https://kubernetes.default.svc.cluster.local"]));
-    assert_eq!(claims["iss"], "https://kubernetes.default.svc.cluster.local");
+    assert_eq!(
+        claims["sub"],
+        "system:serviceaccount:kube-system:prometheus-test"
+    );
+    assert_eq!(
+        claims["aud"],
+        serde_json::json!(["https://kubernetes.default.svc.cluster.local"])
+    );
+    assert_eq!(
+        claims["iss"],
+        "https://kubernetes.default.svc.cluster.local"
+    );
     assert_eq!(claims["kubernetes.io"]["namespace"], "kube-system");
-    let (iat, exp) = (claims["iat"].as_i64().unwrap(), claims["exp"].as_i64().unwrap());
+    let (iat, exp) = (
+        claims["iat"].as_i64().unwrap(),
+        claims["exp"].as_i64().unwrap(),
+    );
     assert_eq!(exp - iat, 1800);
     assert_eq!(claims["nbf"].as_i64(), Some(iat));
     assert_eq!(status.expiration_timestamp.0.as_second(), exp);
@@ -70,7 +86,9 @@ async fn kube_client_with_issuer_token_gets_a_token_with_the_right_claims() {
         .create_token_request("default", &PostParams::default(), &token_request(1800))
         .await
         .expect_err("issuer may not mint other tokens");
-    let kube::Error::Api(s) = err else { panic!("expected an API error, got {err:?}") };
+    let kube::Error::Api(s) = err else {
+        panic!("expected an API error, got {err:?}")
+    };
     assert_eq!(s.code, 403);
     assert_eq!(
         s.message,
@@ -84,7 +102,10 @@ async fn kube_client_with_issuer_token_gets_a_token_with_the_right_claims() {
     let mut kc = issuer_kubeconfig(dir, "c1");
     kc = kc.replace(&issuer_token(dir, "c1"), &status.token);
     let nodes: Api<Node> = Api::all(kube_client(&kc).await);
-    let list = nodes.list(&Default::default()).await.expect("SA token lists nodes");
+    let list = nodes
+        .list(&Default::default())
+        .await
+        .expect("SA token lists nodes");
     assert_eq!(list.items.len(), 1);
     assert_eq!(sim.cluster("c1").unwrap().stats().tokens_issued, 1);
 }
@@ -96,10 +117,16 @@ async fn below_minimum_is_422_with_the_real_message() {
     let client = kube_client(&std::fs::read_to_string(&c1.kubeconfig).unwrap()).await;
     let sas: Api<ServiceAccount> = Api::namespaced(client, "kube-system");
     let err = sas
-        .create_token_request("prometheus-test", &PostParams::default(), &token_request(300))
+        .create_token_request(
+            "prometheus-test",
+            &PostParams::default(),
+            &token_request(300),
+        )
         .await
         .expect_err("300 s is below the minimum");
-    let kube::Error::Api(s) = err else { panic!("expected an API error, got {err:?}") };
+    let kube::Error::Api(s) = err else {
+        panic!("expected an API error, got {err:?}")
+    };
     assert_eq!(s.code, 422);
     assert_eq!(
         s.message,
@@ -129,11 +156,17 @@ async fn above_maximum_is_clamped_with_a_warning_header() {
         resp.headers().get("warning").and_then(|v| v.to_str().ok()),
         Some("299 - \"requested expiration of 10800 seconds shortened to 7200 seconds\"")
     );
-    let bytes = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
+    let bytes = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
     let tr: TokenRequest = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(tr.spec.expiration_seconds, Some(7200));
     let c = claims(&tr.status.unwrap().token);
-    assert_eq!(c["exp"].as_i64().unwrap() - c["iat"].as_i64().unwrap(), 7200);
+    assert_eq!(
+        c["exp"].as_i64().unwrap() - c["iat"].as_i64().unwrap(),
+        7200
+    );
 }
 
 #[tokio::test]
@@ -181,11 +214,20 @@ async fn missing_service_account_is_404_and_bad_tokens_are_401() {
     let http = client(&c1.ca_file);
     let issuer = issuer_token(&dir.path().canonicalize().unwrap(), "c1");
     let token = issue(&http, &c1.api_server, &issuer, 3600).await;
-    assert!(sim.cluster("c1").unwrap().delete_service_account("kube-system", "prometheus-test"));
-    let resp = request_token(&http, &c1.api_server, &issuer, 3600).await.unwrap();
+    assert!(
+        sim.cluster("c1")
+            .unwrap()
+            .delete_service_account("kube-system", "prometheus-test")
+    );
+    let resp = request_token(&http, &c1.api_server, &issuer, 3600)
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 404);
     let v: serde_json::Value = resp.json().await.unwrap();
-    assert_eq!(v["message"], "serviceaccounts \"prometheus-test\" not found");
+    assert_eq!(
+        v["message"],
+        "serviceaccounts \"prometheus-test\" not found"
+    );
     assert_eq!(scrape(&http, &c1.api_server, &token).await, 401);
     let resp = http
         .get(format!("{}/api/v1/nodes", c1.api_server))
@@ -196,8 +238,21 @@ async fn missing_service_account_is_404_and_bad_tokens_are_401() {
     assert_eq!(resp.status(), 401);
     let v: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(
-        (v["kind"].as_str(), v["reason"].as_str(), v["message"].as_str(), v["code"].as_u64()),
-        (Some("Status"), Some("Unauthorized"), Some("Unauthorized"), Some(401))
+        (
+            v["kind"].as_str(),
+            v["reason"].as_str(),
+            v["message"].as_str(),
+            v["code"].as_u64()
+        ),
+        (
+            Some("Status"),
+            Some("Unauthorized"),
+            Some("Unauthorized"),
+            Some(401)
+        )
     );
-    assert_eq!(sim.cluster("c1").unwrap().stats().tokens_rejected.unknown, 2);
+    assert_eq!(
+        sim.cluster("c1").unwrap().stats().tokens_rejected.unknown,
+        2
+    );
 }

@@ -15,7 +15,9 @@ fn kubectl() -> PathBuf {
         .map(|d| d.join("kubectl"))
         .find(|p| p.is_file());
     let Some(dispatcher) = on_path else {
-        panic!("kubectl is not installed (need kubectl.1.32 or kubectl on PATH); these tests cannot run without it");
+        panic!(
+            "kubectl is not installed (need kubectl.1.32 or kubectl on PATH); these tests cannot run without it"
+        );
     };
     let versioned = std::fs::canonicalize(&dispatcher)
         .ok()
@@ -47,10 +49,24 @@ async fn kubectl_create_token_gives_a_token_the_sim_accepts() {
     let kubeconfig = c1.kubeconfig.to_str().unwrap();
     let out = run_kubectl(
         dir.path(),
-        &["--kubeconfig", kubeconfig, "create", "token", "prometheus-test", "-n", "kube-system", "--duration", "10m"],
+        &[
+            "--kubeconfig",
+            kubeconfig,
+            "create",
+            "token",
+            "prometheus-test",
+            "-n",
+            "kube-system",
+            "--duration",
+            "10m",
+        ],
     )
     .await;
-    assert!(out.status.success(), "kubectl failed: {}", text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "kubectl failed: {}",
+        text(&out.stderr)
+    );
     let token = text(&out.stdout).trim().to_string();
     let c = claims(&token);
     assert_eq!(c["exp"].as_i64().unwrap() - c["iat"].as_i64().unwrap(), 600);
@@ -76,7 +92,13 @@ async fn kubectl_with_the_wrong_ca_fails_with_an_x509_error() {
             c1.kubeconfig.to_str().unwrap(),
             "--certificate-authority",
             other.ready().clusters[0].ca_file.to_str().unwrap(),
-            "create", "token", "prometheus-test", "-n", "kube-system", "--duration", "10m",
+            "create",
+            "token",
+            "prometheus-test",
+            "-n",
+            "kube-system",
+            "--duration",
+            "10m",
         ],
     )
     .await;
@@ -92,7 +114,17 @@ async fn kubectl_prints_the_sims_403_and_422_messages() {
     let nobody = c1.kubeconfig.with_file_name("kubeconfig-nobody");
     let out = run_kubectl(
         dir.path(),
-        &["--kubeconfig", nobody.to_str().unwrap(), "create", "token", "prometheus-test", "-n", "kube-system", "--duration", "10m"],
+        &[
+            "--kubeconfig",
+            nobody.to_str().unwrap(),
+            "create",
+            "token",
+            "prometheus-test",
+            "-n",
+            "kube-system",
+            "--duration",
+            "10m",
+        ],
     )
     .await;
     assert!(!out.status.success());
@@ -106,7 +138,17 @@ async fn kubectl_prints_the_sims_403_and_422_messages() {
     );
     let out = run_kubectl(
         dir.path(),
-        &["--kubeconfig", c1.kubeconfig.to_str().unwrap(), "create", "token", "prometheus-test", "-n", "kube-system", "--duration", "5m"],
+        &[
+            "--kubeconfig",
+            c1.kubeconfig.to_str().unwrap(),
+            "create",
+            "token",
+            "prometheus-test",
+            "-n",
+            "kube-system",
+            "--duration",
+            "5m",
+        ],
     )
     .await;
     assert!(!out.status.success());

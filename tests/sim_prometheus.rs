@@ -10,7 +10,11 @@ use sim_support::*;
 const PROMETHEUS: &str = "/usr/bin/prometheus";
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn job(name: &str, target: &str, token_file: &Path, ca: &Path) -> String {
@@ -65,8 +69,14 @@ async fn prometheus_scrapes_cadvisor_through_the_api_server_with_a_bearer_token(
     std::fs::write(dir.join("prometheus.yml"), config).unwrap();
     let port = free_port();
     let mut prom = tokio::process::Command::new(PROMETHEUS)
-        .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
-        .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
+        .arg(format!(
+            "--config.file={}",
+            dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("tsdb").display()
+        ))
         .arg(format!("--web.listen-address=127.0.0.1:{port}"))
         .arg("--log.level=warn")
         .stdout(std::process::Stdio::null())
@@ -74,14 +84,26 @@ async fn prometheus_scrapes_cadvisor_through_the_api_server_with_a_bearer_token(
         .spawn()
         .expect("start prometheus");
     let plain = reqwest::Client::builder().no_proxy().build().unwrap();
-    let (good, bad) = eventually(Duration::from_secs(90), "prometheus to report up for both jobs", || {
-        up_values(&plain, port)
-    })
+    let (good, bad) = eventually(
+        Duration::from_secs(90),
+        "prometheus to report up for both jobs",
+        || up_values(&plain, port),
+    )
     .await;
     let _ = prom.kill().await;
     assert_eq!(good, "1", "scrape with the issued token must succeed");
     assert_eq!(bad, "0", "scrape with a wrong token must fail");
     let stats = sim.cluster("c1").unwrap().stats();
-    assert!(stats.requests.get(&format!("GET {CADVISOR_PATH} 200")).is_some_and(|n| *n >= 1));
-    assert!(stats.requests.get(&format!("GET {CADVISOR_PATH} 401")).is_some_and(|n| *n >= 1));
+    assert!(
+        stats
+            .requests
+            .get(&format!("GET {CADVISOR_PATH} 200"))
+            .is_some_and(|n| *n >= 1)
+    );
+    assert!(
+        stats
+            .requests
+            .get(&format!("GET {CADVISOR_PATH} 401"))
+            .is_some_and(|n| *n >= 1)
+    );
 }

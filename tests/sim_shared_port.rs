@@ -11,11 +11,17 @@ use sim_support::*;
 
 async fn kube_token(kubeconfig: &std::path::Path) -> String {
     let kc = Kubeconfig::read_from(kubeconfig).unwrap();
-    let mut config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.unwrap();
+    let mut config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .unwrap();
     config.default_retry = false;
-    let sas: Api<ServiceAccount> = Api::namespaced(Client::try_from(config).unwrap(), "kube-system");
+    let sas: Api<ServiceAccount> =
+        Api::namespaced(Client::try_from(config).unwrap(), "kube-system");
     let tr = TokenRequest {
-        spec: TokenRequestSpec { expiration_seconds: Some(3600), ..Default::default() },
+        spec: TokenRequestSpec {
+            expiration_seconds: Some(3600),
+            ..Default::default()
+        },
         ..Default::default()
     };
     sas.create_token_request("prometheus-test", &PostParams::default(), &tr)
@@ -36,9 +42,19 @@ async fn two_hundred_clusters_share_a_port_but_not_their_keys() {
     let dir = dir.path().canonicalize().unwrap();
     let ready = sim.ready();
     assert_eq!(ready.clusters.len(), 200);
-    let port = ready.clusters[0].api_server.split(':').nth(2).unwrap().split('/').next().unwrap();
+    let port = ready.clusters[0]
+        .api_server
+        .split(':')
+        .nth(2)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap();
     for c in &ready.clusters {
-        assert_eq!(c.api_server, format!("https://127.0.0.1:{port}/clusters/{}", c.name));
+        assert_eq!(
+            c.api_server,
+            format!("https://127.0.0.1:{port}/clusters/{}", c.name)
+        );
     }
     let toml = std::fs::read_to_string(&ready.config).unwrap();
     assert_eq!(toml.matches("[[cluster]]").count(), 200);
@@ -51,8 +67,17 @@ async fn two_hundred_clusters_share_a_port_but_not_their_keys() {
     assert_eq!(scrape(&http, &c200.api_server, &t200).await, 200);
     // c1's token and static issuer token mean nothing to c2.
     assert_eq!(scrape(&http, &c2.api_server, &t1).await, 401);
-    assert_eq!(sim.cluster("c2").unwrap().stats().tokens_rejected.bad_signature, 1);
-    let resp = request_token(&http, &c2.api_server, &issuer_token(&dir, "c1"), 3600).await.unwrap();
+    assert_eq!(
+        sim.cluster("c2")
+            .unwrap()
+            .stats()
+            .tokens_rejected
+            .bad_signature,
+        1
+    );
+    let resp = request_token(&http, &c2.api_server, &issuer_token(&dir, "c1"), 3600)
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 401);
     let issued_by_c2 = issue(&http, &c2.api_server, &issuer_token(&dir, "c2"), 3600).await;
     assert_eq!(scrape(&http, &c2.api_server, &issued_by_c2).await, 200);
@@ -60,13 +85,24 @@ async fn two_hundred_clusters_share_a_port_but_not_their_keys() {
     // A down cluster resets its requests; the others keep working.
     let c3 = sim.cluster("c3").unwrap();
     c3.down().await;
-    let t3_err = request_token(&http, &ready.clusters[2].api_server, &issuer_token(&dir, "c3"), 3600)
-        .await
-        .expect_err("down shared-port cluster resets");
+    let t3_err = request_token(
+        &http,
+        &ready.clusters[2].api_server,
+        &issuer_token(&dir, "c3"),
+        3600,
+    )
+    .await
+    .expect_err("down shared-port cluster resets");
     assert!(!t3_err.is_timeout());
     assert_eq!(scrape(&http, &c1.api_server, &t1).await, 200);
     c3.up().await.unwrap();
-    issue(&http, &ready.clusters[2].api_server, &issuer_token(&dir, "c3"), 3600).await;
+    issue(
+        &http,
+        &ready.clusters[2].api_server,
+        &issuer_token(&dir, "c3"),
+        3600,
+    )
+    .await;
 
     let resp = http
         .get(format!("https://127.0.0.1:{port}/clusters/nope/version"))
@@ -76,5 +112,10 @@ async fn two_hundred_clusters_share_a_port_but_not_their_keys() {
     assert_eq!(resp.status(), 404);
     let stats = sim.stats();
     assert_eq!(stats.clusters.len(), 200);
-    assert_eq!(stats.clusters["c1"].requests.get(&format!("GET {CADVISOR_PATH} 200")), Some(&2));
+    assert_eq!(
+        stats.clusters["c1"]
+            .requests
+            .get(&format!("GET {CADVISOR_PATH} 200")),
+        Some(&2)
+    );
 }

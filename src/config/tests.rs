@@ -606,6 +606,7 @@ fn defaults_are_applied() {
                 path: PathBuf::from("/etc/mcprom/prod/kubeconfig"),
                 context: None,
             },
+            max_chain_age: None,
         }
     );
 }

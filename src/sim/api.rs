@@ -163,7 +163,10 @@ fn fault_resp(code: u16, retry_after: Option<u64>) -> Resp {
         ),
         401 => ("Unauthorized", "Unauthorized"),
         403 => ("Forbidden", "forbidden: injected fault"),
-        404 => ("NotFound", "the server could not find the requested resource"),
+        404 => (
+            "NotFound",
+            "the server could not find the requested resource",
+        ),
         409 => ("Conflict", "Operation cannot be fulfilled: injected fault"),
         _ => ("", "injected fault"),
     };
@@ -242,9 +245,7 @@ async fn route(
     let policy = &settings.policy;
     let get = method == Method::GET;
     let resp = match segs {
-        [p @ ("version" | "healthz" | "livez" | "readyz")] | [p @ ("api" | "apis")]
-            if get =>
-        {
+        [p @ ("version" | "healthz" | "livez" | "readyz")] | [p @ ("api" | "apis")] if get => {
             let path = format!("/{p}");
             if !policy.allows_path(&who, &path) {
                 return Ok(status_resp(
@@ -302,8 +303,8 @@ async fn route(
             })
         }
         ["api", "v1", "namespaces", ns, "serviceaccounts", name] if get => {
-            authorized(policy, &who, "get", "serviceaccounts", Some(name), Some(ns))
-                .unwrap_or_else(|| match cluster.service_account_uid(ns, name) {
+            authorized(policy, &who, "get", "serviceaccounts", Some(name), Some(ns)).unwrap_or_else(
+                || match cluster.service_account_uid(ns, name) {
                     Some(uid) => json_resp(
                         StatusCode::OK,
                         &json!({
@@ -313,15 +314,27 @@ async fn route(
                         }),
                     ),
                     None => not_found("serviceaccounts", name),
-                })
+                },
+            )
         }
-        ["api", "v1", "namespaces", ns, "serviceaccounts", name, "token"]
-            if method == Method::POST =>
-        {
+        [
+            "api",
+            "v1",
+            "namespaces",
+            ns,
+            "serviceaccounts",
+            name,
+            "token",
+        ] if method == Method::POST => {
             let (ns, name) = (ns.to_string(), name.to_string());
-            if let Some(denied) =
-                authorized(policy, &who, "create", "serviceaccounts/token", Some(&name), Some(&ns))
-            {
+            if let Some(denied) = authorized(
+                policy,
+                &who,
+                "create",
+                "serviceaccounts/token",
+                Some(&name),
+                Some(&ns),
+            ) {
                 return Ok(denied);
             }
             token_request(settings, cluster, req, &ns, &name).await?
@@ -421,9 +434,10 @@ pub(crate) fn authenticate_token(
     }
     let k = &claims.kubernetes_io;
     match cluster.service_account_uid(&k.namespace, &k.serviceaccount.name) {
-        Some(uid) if uid == k.serviceaccount.uid => {
-            Ok(Identity::service_account(&k.namespace, &k.serviceaccount.name))
-        }
+        Some(uid) if uid == k.serviceaccount.uid => Ok(Identity::service_account(
+            &k.namespace,
+            &k.serviceaccount.name,
+        )),
         _ => Err(Rejection::Unknown),
     }
 }
@@ -487,7 +501,13 @@ async fn token_request(
         .headers()
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
         .unwrap_or_default();
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
@@ -504,7 +524,11 @@ async fn token_request(
     let (audiences, expiration, bound) = match content_type.as_str() {
         "application/vnd.kubernetes.protobuf" => match proto::decode_token_request(&body) {
             Ok(s) => (s.audiences, s.expiration_seconds, None),
-            Err(e) => return Ok(bad_request(&format!("failed to decode protobuf TokenRequest: {e}"))),
+            Err(e) => {
+                return Ok(bad_request(&format!(
+                    "failed to decode protobuf TokenRequest: {e}"
+                )));
+            }
         },
         "" | "application/json" => match serde_json::from_slice::<TokenRequestJson>(&body) {
             Ok(t) if t.kind.as_deref().is_none_or(|k| k == "TokenRequest") => (
@@ -590,7 +614,12 @@ async fn token_request(
         Ok(t) => t,
         Err(e) => {
             tracing::error!(cluster = %cluster.name, error = %e, "signing failed");
-            return Ok(status_resp(500, "InternalError", "Internal error occurred: failed to sign token", None));
+            return Ok(status_resp(
+                500,
+                "InternalError",
+                "Internal error occurred: failed to sign token",
+                None,
+            ));
         }
     };
     cluster.record_issued(ns, name, exp);
@@ -658,9 +687,7 @@ fn non_resource(path: &str, _headers: &http::HeaderMap) -> Resp {
 }
 
 fn core_resources() -> Value {
-    let r = |name: &str, kind: &str, namespaced: bool, verbs: &[&str]| {
-        json!({"name": name, "singularName": "", "namespaced": namespaced, "kind": kind, "verbs": verbs})
-    };
+    let r = |name: &str, kind: &str, namespaced: bool, verbs: &[&str]| json!({"name": name, "singularName": "", "namespaced": namespaced, "kind": kind, "verbs": verbs});
     json!({
         "kind": "APIResourceList",
         "groupVersion": "v1",
@@ -772,7 +799,9 @@ mod tests {
     }
 
     fn token_for(c: &Cluster, iat: i64, exp: i64) -> String {
-        let uid = c.service_account_uid("kube-system", "prometheus-test").unwrap();
+        let uid = c
+            .service_account_uid("kube-system", "prometheus-test")
+            .unwrap();
         c.signer()
             .unwrap()
             .sign(&Claims {
@@ -800,11 +829,20 @@ mod tests {
         let mut s = settings();
         let t = token_for(&c, 1000, 2000);
         assert!(authenticate_token(&s, &c, &t, 1500.0).is_ok());
-        assert_eq!(authenticate_token(&s, &c, &t, 2000.5), Err(Rejection::Expired));
-        assert_eq!(authenticate_token(&s, &c, &t, 999.0), Err(Rejection::NotYetValid));
+        assert_eq!(
+            authenticate_token(&s, &c, &t, 2000.5),
+            Err(Rejection::Expired)
+        );
+        assert_eq!(
+            authenticate_token(&s, &c, &t, 999.0),
+            Err(Rejection::NotYetValid)
+        );
         s.leeway = Duration::from_secs(60);
         assert!(authenticate_token(&s, &c, &t, 2059.0).is_ok());
-        assert_eq!(authenticate_token(&s, &c, &t, 2061.0), Err(Rejection::Expired));
+        assert_eq!(
+            authenticate_token(&s, &c, &t, 2061.0),
+            Err(Rejection::Expired)
+        );
     }
 
     #[test]
@@ -813,15 +851,24 @@ mod tests {
         let c2 = Cluster::new("c2".into());
         let s = settings();
         let t = token_for(&c1, 1000, 2000);
-        assert_eq!(authenticate_token(&s, &c2, &t, 1500.0), Err(Rejection::BadSignature));
-        assert_eq!(authenticate_token(&s, &c1, "garbage", 1500.0), Err(Rejection::Unknown));
+        assert_eq!(
+            authenticate_token(&s, &c2, &t, 1500.0),
+            Err(Rejection::BadSignature)
+        );
+        assert_eq!(
+            authenticate_token(&s, &c1, "garbage", 1500.0),
+            Err(Rejection::Unknown)
+        );
         assert_eq!(
             authenticate_token(&s, &c1, &c2.issuer_token, 1500.0),
             Err(Rejection::Unknown)
         );
         c1.delete_service_account("kube-system", "prometheus-test");
         c1.create_service_account("kube-system", "prometheus-test");
-        assert_eq!(authenticate_token(&s, &c1, &t, 1500.0), Err(Rejection::Unknown));
+        assert_eq!(
+            authenticate_token(&s, &c1, &t, 1500.0),
+            Err(Rejection::Unknown)
+        );
     }
 
     #[test]

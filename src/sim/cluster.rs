@@ -83,7 +83,9 @@ impl TryFrom<FaultSpec> for Fault {
             "status" => {
                 let code = s.code.ok_or("a status fault needs \"code\"")?;
                 if !(400..=599).contains(&code) {
-                    return Err(format!("fault code {code} is not an HTTP error status (400..=599)"));
+                    return Err(format!(
+                        "fault code {code} is not an HTTP error status (400..=599)"
+                    ));
                 }
                 FaultKind::Status {
                     code,
@@ -91,7 +93,10 @@ impl TryFrom<FaultSpec> for Fault {
                 }
             }
             "hang" | "reset" if s.code.is_some() || s.retry_after_seconds.is_some() => {
-                return Err(format!("a {} fault takes no code or retry_after_seconds", s.kind));
+                return Err(format!(
+                    "a {} fault takes no code or retry_after_seconds",
+                    s.kind
+                ));
             }
             "hang" => FaultKind::Hang,
             "reset" => FaultKind::Reset,
@@ -331,9 +336,10 @@ mod tests {
 
     #[test]
     fn faults_parse_from_the_documented_json() {
-        let f: Fault =
-            serde_json::from_str(r#"{"count":2,"kind":"status","code":429,"retry_after_seconds":2}"#)
-                .unwrap();
+        let f: Fault = serde_json::from_str(
+            r#"{"count":2,"kind":"status","code":429,"retry_after_seconds":2}"#,
+        )
+        .unwrap();
         assert_eq!(
             f.kind,
             FaultKind::Status {
@@ -371,10 +377,19 @@ mod tests {
     #[test]
     fn recreated_service_accounts_get_a_new_uid() {
         let c = Cluster::new("c".into());
-        let before = c.service_account_uid(MANAGED_NAMESPACE, MANAGED_NAME).unwrap();
+        let before = c
+            .service_account_uid(MANAGED_NAMESPACE, MANAGED_NAME)
+            .unwrap();
         assert!(c.delete_service_account(MANAGED_NAMESPACE, MANAGED_NAME));
-        assert!(c.service_account_uid(MANAGED_NAMESPACE, MANAGED_NAME).is_none());
+        assert!(
+            c.service_account_uid(MANAGED_NAMESPACE, MANAGED_NAME)
+                .is_none()
+        );
         assert!(c.create_service_account(MANAGED_NAMESPACE, MANAGED_NAME));
-        assert_ne!(c.service_account_uid(MANAGED_NAMESPACE, MANAGED_NAME).unwrap(), before);
+        assert_ne!(
+            c.service_account_uid(MANAGED_NAMESPACE, MANAGED_NAME)
+                .unwrap(),
+            before
+        );
     }
 }

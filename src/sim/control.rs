@@ -76,7 +76,10 @@ async fn handle(registry: &Registry, req: Request<Incoming>) -> Resp {
         return reply(StatusCode::OK, &json!(registry.stats()));
     }
     let ["clusters", name, rest @ ..] = segs.as_slice() else {
-        return error(StatusCode::NOT_FOUND, &format!("no such control path {path}"));
+        return error(
+            StatusCode::NOT_FOUND,
+            &format!("no such control path {path}"),
+        );
     };
     let Some(cluster) = registry.handle(name) else {
         return error(StatusCode::NOT_FOUND, &format!("no cluster named {name:?}"));
@@ -86,7 +89,12 @@ async fn handle(registry: &Registry, req: Request<Incoming>) -> Resp {
         (&Method::POST, ["faults"]) => {
             let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
                 Ok(b) => b.to_bytes(),
-                Err(e) => return error(StatusCode::BAD_REQUEST, &format!("failed to read body: {e}")),
+                Err(e) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        &format!("failed to read body: {e}"),
+                    );
+                }
             };
             match serde_json::from_slice::<Fault>(&body) {
                 Ok(f) => {
@@ -112,14 +120,20 @@ async fn handle(registry: &Registry, req: Request<Incoming>) -> Resp {
             if cluster.delete_service_account(ns, sa) {
                 reply(StatusCode::OK, &json!({ "ok": true }))
             } else {
-                error(StatusCode::NOT_FOUND, &format!("serviceaccount {ns}/{sa} does not exist"))
+                error(
+                    StatusCode::NOT_FOUND,
+                    &format!("serviceaccount {ns}/{sa} does not exist"),
+                )
             }
         }
         (&Method::POST, ["serviceaccounts", ns, sa]) => {
             if cluster.create_service_account(ns, sa) {
                 reply(StatusCode::CREATED, &json!({ "ok": true }))
             } else {
-                error(StatusCode::CONFLICT, &format!("serviceaccount {ns}/{sa} already exists"))
+                error(
+                    StatusCode::CONFLICT,
+                    &format!("serviceaccount {ns}/{sa} already exists"),
+                )
             }
         }
         _ => error(

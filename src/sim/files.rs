@@ -25,8 +25,13 @@ pub(crate) fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> anyhow::R
     f.write_all(contents)
         .with_context(|| format!("failed to write '{}'", tmp.display()))?;
     drop(f);
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("failed to rename '{}' to '{}'", tmp.display(), path.display()))
+    std::fs::rename(&tmp, path).with_context(|| {
+        format!(
+            "failed to rename '{}' to '{}'",
+            tmp.display(),
+            path.display()
+        )
+    })
 }
 
 /// A double-quoted YAML scalar (JSON string syntax is valid YAML).
@@ -108,7 +113,10 @@ mod tests {
         );
         let v: toml::Value = toml::from_str(&s).unwrap();
         assert_eq!(v["defaults"]["token_dir"].as_str(), Some("/tmp/x y/tokens"));
-        assert_eq!(v["cluster"][0]["credentials"]["kubeconfig"].as_str(), Some("/tmp/x y/c1/kubeconfig"));
+        assert_eq!(
+            v["cluster"][0]["credentials"]["kubeconfig"].as_str(),
+            Some("/tmp/x y/c1/kubeconfig")
+        );
         assert_eq!(v["prometheus"]["reload"].as_str(), Some("never"));
     }
 }

@@ -229,7 +229,9 @@ pub struct Sim {
 
 impl std::fmt::Debug for Sim {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sim").field("ready", &self.ready).finish_non_exhaustive()
+        f.debug_struct("Sim")
+            .field("ready", &self.ready)
+            .finish_non_exhaustive()
     }
 }
 
@@ -245,7 +247,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err("empty duration".into());
     }
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
             return Err(format!("invalid duration {s:?}: expected a number"));
         }
@@ -253,7 +257,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             .parse()
             .map_err(|_| format!("invalid duration {s:?}: number too large"))?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let part = match &rest[..unit_len] {
             "ms" => Duration::from_millis(n),
             "s" => Duration::from_secs(n),
@@ -282,7 +288,11 @@ struct ClusterFiles<'a> {
     nobody_token: &'a str,
 }
 
-fn write_cluster_files(dir: &Path, f: &ClusterFiles<'_>, nodes: &[String]) -> anyhow::Result<ReadyCluster> {
+fn write_cluster_files(
+    dir: &Path,
+    f: &ClusterFiles<'_>,
+    nodes: &[String],
+) -> anyhow::Result<ReadyCluster> {
     let cdir = dir.join(f.name);
     std::fs::create_dir_all(&cdir)
         .with_context(|| format!("failed to create '{}'", cdir.display()))?;
@@ -448,9 +458,9 @@ impl Sim {
         });
         let control = match config.control {
             Some(addr) => {
-                let tcp = TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("failed to listen on {addr} for the control endpoint"))?;
+                let tcp = TcpListener::bind(addr).await.with_context(|| {
+                    format!("failed to listen on {addr} for the control endpoint")
+                })?;
                 let bound = dial_addr(tcp.local_addr()?);
                 tokio::spawn(control::run(
                     tcp,

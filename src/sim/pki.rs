@@ -74,7 +74,9 @@ impl Pki {
         let mut server_params = CertificateParams::new(vec!["localhost".to_string()])?;
         server_params
             .subject_alt_names
-            .push(rcgen::SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
+            .push(rcgen::SanType::IpAddress(
+                std::net::Ipv4Addr::LOCALHOST.into(),
+            ));
         server_params.distinguished_name = {
             let mut dn = DistinguishedName::new();
             dn.push(DnType::CommonName, "kube-apiserver");

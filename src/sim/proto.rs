@@ -130,7 +130,9 @@ fn string(bytes: &[u8]) -> Result<String, ProtoError> {
 /// Decodes `k8s\0` + `runtime.Unknown{typeMeta, raw}` whose raw payload is a
 /// `TokenRequest`.
 pub fn decode_token_request(body: &[u8]) -> Result<TokenRequestSpec, ProtoError> {
-    let envelope = body.strip_prefix(K8S_MAGIC).ok_or(ProtoError::MissingMagic)?;
+    let envelope = body
+        .strip_prefix(K8S_MAGIC)
+        .ok_or(ProtoError::MissingMagic)?;
     let mut api_version = String::new();
     let mut kind = String::new();
     let mut raw: &[u8] = &[];
@@ -262,7 +264,9 @@ mod tests {
         let mut tr = Vec::new();
         encode::bytes(2, &spec, &mut tr);
         assert_eq!(
-            decode_token_request_message(&tr).unwrap().expiration_seconds,
+            decode_token_request_message(&tr)
+                .unwrap()
+                .expiration_seconds,
             Some(1200)
         );
     }
@@ -287,8 +291,14 @@ mod tests {
             decode_token_request(b"k8s\0\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff"),
             Err(ProtoError::VarintTooLong)
         );
-        assert_eq!(decode_token_request(b"k8s\0\x0b"), Err(ProtoError::BadWireType(3)));
-        assert_eq!(decode_token_request(b"k8s\0\x00"), Err(ProtoError::FieldZero));
+        assert_eq!(
+            decode_token_request(b"k8s\0\x0b"),
+            Err(ProtoError::BadWireType(3))
+        );
+        assert_eq!(
+            decode_token_request(b"k8s\0\x00"),
+            Err(ProtoError::FieldZero)
+        );
         assert!(matches!(
             decode_token_request(b"k8s\0"),
             Err(ProtoError::WrongKind { .. })

@@ -161,7 +161,11 @@ pub(crate) struct OwnPort {
 
 impl OwnPort {
     /// Starts serving on an already bound listener.
-    pub fn start(listener: Listener, tcp: TcpListener, parent: CancellationToken) -> anyhow::Result<Self> {
+    pub fn start(
+        listener: Listener,
+        tcp: TcpListener,
+        parent: CancellationToken,
+    ) -> anyhow::Result<Self> {
         let addr = tcp.local_addr()?;
         let this = Self {
             addr,
@@ -221,7 +225,10 @@ mod tests {
 
     #[test]
     fn cluster_prefixes_split_into_name_and_api_path() {
-        assert_eq!(split_cluster_prefix("/clusters/c1/api/v1"), Some(("c1", "/api/v1")));
+        assert_eq!(
+            split_cluster_prefix("/clusters/c1/api/v1"),
+            Some(("c1", "/api/v1"))
+        );
         assert_eq!(split_cluster_prefix("/clusters/c1"), Some(("c1", "/")));
         assert_eq!(split_cluster_prefix("/api/v1"), None);
     }

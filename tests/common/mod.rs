@@ -44,8 +44,8 @@ impl Sim {
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
             .unwrap();
-        let ready: Value = serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("sim ready line {line:?}: {e}"));
+        let ready: Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("sim ready line {line:?}: {e}"));
         let control = ready["control"].as_str().unwrap().to_owned();
         Sim {
             child,
@@ -69,7 +69,10 @@ impl Sim {
     }
 
     pub fn api_server(&self, name: &str) -> String {
-        self.cluster(name)["api_server"].as_str().unwrap().to_owned()
+        self.cluster(name)["api_server"]
+            .as_str()
+            .unwrap()
+            .to_owned()
     }
 
     pub fn ca_file(&self, name: &str) -> PathBuf {
@@ -238,7 +241,9 @@ impl Daemon {
                 if n == 0 {
                     break;
                 }
-                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
         Daemon { child, log }
@@ -261,7 +266,10 @@ impl Daemon {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return (status, started.elapsed());
             }
-            assert!(Instant::now() < deadline, "mcprom did not exit after SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "mcprom did not exit after SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -273,7 +281,11 @@ impl Daemon {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "mcprom did not exit; log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "mcprom did not exit; log:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

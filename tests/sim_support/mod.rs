@@ -67,10 +67,15 @@ pub async fn request_token(
 
 /// Issues a token and returns it, panicking on anything but 201.
 pub async fn issue(client: &reqwest::Client, api_server: &str, bearer: &str, secs: i64) -> String {
-    let resp = request_token(client, api_server, bearer, secs).await.expect("TokenRequest sent");
+    let resp = request_token(client, api_server, bearer, secs)
+        .await
+        .expect("TokenRequest sent");
     assert_eq!(resp.status(), 201, "TokenRequest failed");
     let v: Value = resp.json().await.expect("TokenRequest JSON");
-    v["status"]["token"].as_str().expect("status.token").to_string()
+    v["status"]["token"]
+        .as_str()
+        .expect("status.token")
+        .to_string()
 }
 
 /// `GET` the cAdvisor endpoint with `bearer`; returns the HTTP status.
@@ -151,7 +156,10 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
