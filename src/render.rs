@@ -137,7 +137,15 @@ pub(crate) fn decode_data(field: &str, data: &str) -> Result<Vec<u8>, String> {
 
 /// Turn text into YAML comment lines (`# …`), one per input line.
 pub(crate) fn comment(text: &str) -> String {
-    text.lines().map(|l| format!("# {l}\n")).collect()
+    text.lines()
+        .map(|l| {
+            if l.is_empty() {
+                "#\n".to_owned()
+            } else {
+                format!("# {l}\n")
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -43,16 +43,24 @@ pub fn remember_config_path(path: &Path) {
     }
 }
 
+/// How to invoke mcprom with the config file of this process: `mcprom`,
+/// or `mcprom --config PATH` when it is not the default.
+pub fn mcprom_command() -> String {
+    match CONFIG_PATH.get() {
+        Some(p) => format!("mcprom --config {}", shell_word(&p.to_string_lossy())),
+        None => "mcprom".to_owned(),
+    }
+}
+
 /// The exact command that re-seeds `cluster`, e.g.
 /// `kubectl create token prometheus -n kube-system --duration 24h | mcprom seed prod`.
 pub fn reseed_command(cluster: &ClusterSettings) -> String {
-    let config = CONFIG_PATH
-        .get()
-        .map(|p| format!(" --config {}", shell_word(&p.to_string_lossy())))
-        .unwrap_or_default();
     format!(
-        "kubectl create token {} -n {} --duration 24h | mcprom{config} seed {}",
-        cluster.service_account.name, cluster.service_account.namespace, cluster.name
+        "kubectl create token {} -n {} --duration 24h | {} seed {}",
+        cluster.service_account.name,
+        cluster.service_account.namespace,
+        mcprom_command(),
+        cluster.name
     )
 }
 

@@ -387,18 +387,20 @@ impl Manifests {
         document(
             &format!(
                 "mcprom rbac {cluster}: what cluster {cluster:?} needs (from {config}).\n\
-                 Apply it to that cluster: mcprom rbac {cluster} | kubectl apply -f -\n\
+                 Apply it to that cluster: {mcprom} rbac {cluster} | kubectl apply -f -\n\
                  \n\
                  The ServiceAccount whose short-lived tokens Prometheus scrapes with.",
                 cluster = self.cluster,
-                config = config.display()
+                config = config.display(),
+                mcprom = crate::selfrenew::mcprom_command(),
             ),
             to_yaml(&self.service_account)?,
         );
         document(
             &format!(
                 "Read access for Prometheus: nodes and their kubelet (proxy, metrics), services,\n\
-                 endpoints, pods, ingresses, configmaps and /metrics. Nothing can be changed with it."
+                 endpoints and EndpointSlices, pods, ingresses, configmaps and /metrics.\n\
+                 Read only: nothing can be changed with it."
             ),
             to_yaml(&self.cluster_role)?,
         );
