@@ -397,11 +397,9 @@ impl Manifests {
             to_yaml(&self.service_account)?,
         );
         document(
-            &format!(
-                "Read access for Prometheus: nodes and their kubelet (proxy, metrics), services,\n\
-                 endpoints and EndpointSlices, pods, ingresses, configmaps and /metrics.\n\
-                 Read only: nothing can be changed with it."
-            ),
+            "Read access for Prometheus: nodes and their kubelet (proxy, metrics), services,\n\
+             endpoints and EndpointSlices, pods, ingresses, configmaps and /metrics.\n\
+             Read only: nothing can be changed with it.",
             to_yaml(&self.cluster_role)?,
         );
         document(
