@@ -46,15 +46,20 @@ pub enum Command {
     Run,
     /// Validate the config file and the files it names; exit 78 on problems.
     Check,
-    /// Print the Kubernetes manifests a cluster needs (its ServiceAccount,
-    /// read access for Prometheus, the token-minting rule) as YAML for
-    /// `kubectl apply -f -`.
+    /// Print the Kubernetes manifests a cluster needs, for `kubectl apply -f -`.
+    ///
+    /// Its ServiceAccount, read access for Prometheus, and the least-privilege
+    /// rule for minting its tokens, bound to the identity of
+    /// [cluster.credentials] (or to the ServiceAccount itself for self = true).
     Rbac {
         /// Only this cluster (default: every cluster, one after another).
         cluster: Option<String>,
     },
-    /// Print Prometheus scrape jobs (cAdvisor and kubelet metrics through
-    /// each API server) that read mcprom's token files.
+    /// Print Prometheus scrape jobs that read mcprom's token files.
+    ///
+    /// cAdvisor and kubelet metrics through each API server's node proxy,
+    /// with the token file as credentials_file, the cluster's CA and a
+    /// `cluster` label. The output is a complete Prometheus config.
     ScrapeConfig {
         /// Only this cluster (default: every cluster).
         cluster: Option<String>,
@@ -68,9 +73,12 @@ pub enum Command {
         #[arg(long)]
         write_ca: bool,
     },
-    /// Store a first token read from stdin for a self-renewing cluster
-    /// (credentials.self = true), e.g.
+    /// Store a first token, read from stdin, for a self-renewing cluster.
+    ///
+    /// For a cluster with `self = true` in [cluster.credentials], e.g.
     /// `kubectl create token prometheus -n kube-system --duration 24h | mcprom seed prod`.
+    /// Also repairs a broken chain. The token must belong to the cluster's
+    /// service_account and must not have expired.
     Seed {
         /// The cluster.
         cluster: String,
