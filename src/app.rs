@@ -7,15 +7,19 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
+use crate::config::watch::{ConfigWatcher, DEBOUNCE};
 use crate::config::{self, ClusterSettings, PrometheusSettings, ReloadMode, Settings};
+use crate::control;
 use crate::issuer::{KubeIssuer, REQUEST_TIMEOUT};
+use crate::metrics;
+use crate::notify;
 use crate::reload::{self, ReloadQueue, Reloader};
 use crate::rotator::{self, Command, Rotator};
 use crate::sink::{self, DirLock, FileSink, LockError};
@@ -38,6 +42,7 @@ struct RunningCluster {
     settings: Arc<ClusterSettings>,
     cancel: CancellationToken,
     commands: mpsc::Sender<Command>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 struct RunningReloader {
@@ -258,13 +263,14 @@ impl Supervisor {
             cancel: cancel.clone(),
             cluster: cluster.clone(),
         };
-        self.tracker.spawn(rotator.run());
+        let task = self.tracker.spawn(rotator.run());
         self.clusters.insert(
             cluster.name.clone(),
             RunningCluster {
                 settings: cluster,
                 cancel,
                 commands: commands_tx,
+                task,
             },
         );
     }
@@ -280,9 +286,31 @@ impl Supervisor {
         }
         self.lock_token_dirs(&settings)?;
         self.sync_reloader(&settings.prometheus);
+        if settings.limits != self.settings.limits {
+            // One semaphore bounds every rotator: a new limit means new
+            // rotators. They adopt the tokens on disk, so this costs no
+            // TokenRequest.
+            self.limiter = Arc::new(Semaphore::new(settings.limits.concurrent_requests.max(1)));
+            for running in std::mem::take(&mut self.clusters).into_values() {
+                running.cancel.cancel();
+            }
+        }
         self.sync_clusters(&settings);
         self.settings = settings;
         Ok(())
+    }
+
+    /// Whether every rotator task is still running (none panicked or
+    /// returned on its own): the condition for feeding systemd's watchdog.
+    pub fn all_alive(&self) -> bool {
+        self.clusters
+            .values()
+            .all(|c| !c.task.is_finished() || c.cancel.is_cancelled())
+    }
+
+    /// The names of the clusters being served.
+    pub fn cluster_names(&self) -> Vec<String> {
+        self.clusters.keys().cloned().collect()
     }
 
     /// Stop every task; wait for in-flight writes (bounded).
@@ -316,13 +344,332 @@ pub async fn termination() {
     }
 }
 
-/// The daemon: start, run until `shutdown` resolves, stop.
+/// One line for systemd's `STATUS=`: "3/3 clusters fresh, next refresh in 41m".
+pub fn summary(state: &State) -> String {
+    let clusters = state.clusters();
+    if clusters.is_empty() {
+        return "no clusters configured".to_owned();
+    }
+    let now = SystemTime::now();
+    let fresh = clusters.iter().filter(|c| c.valid_at(now)).count();
+    let mut line = format!("{fresh}/{} clusters fresh", clusters.len());
+    if let Some(next) = clusters.iter().filter_map(|c| c.next_refresh).min() {
+        let wait = next.duration_since(now).unwrap_or_default();
+        line.push_str(&format!(
+            ", next refresh in {}",
+            config::format_duration(Duration::from_secs(wait.as_secs()))
+        ));
+    }
+    let failing = clusters.iter().filter(|c| c.last_error.is_some()).count();
+    if failing > 0 {
+        line.push_str(&format!(", {failing} failing"));
+    }
+    line
+}
+
+/// What triggered a config reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trigger {
+    /// The file changed on disk: skipped when its content did not change.
+    FileEvent,
+    /// SIGHUP or `mcprom reload`: always re-validated and reported.
+    Explicit,
+}
+
+/// The running daemon's event loop and its config-reload path.
+struct Daemon {
+    path: PathBuf,
+    last_content: Option<Vec<u8>>,
+    supervisor: Supervisor,
+    ready: bool,
+    last_status: String,
+    metrics: Option<(std::net::SocketAddr, CancellationToken)>,
+    cancel: CancellationToken,
+}
+
+impl Daemon {
+    /// Start, move or stop the `/metrics` listener to match `listen`.
+    async fn sync_metrics(&mut self, listen: Option<std::net::SocketAddr>) {
+        if self.metrics.as_ref().map(|(addr, _)| *addr) == listen {
+            return;
+        }
+        if let Some((_, cancel)) = self.metrics.take() {
+            cancel.cancel();
+        }
+        let Some(addr) = listen else { return };
+        match metrics::bind(addr).await {
+            Ok(listener) => {
+                let cancel = self.cancel.child_token();
+                tokio::spawn(metrics::serve(
+                    listener,
+                    self.supervisor.state().clone(),
+                    cancel.clone(),
+                ));
+                self.metrics = Some((addr, cancel));
+            }
+            Err(e) => {
+                error!(listen = %addr, error = %e, "cannot serve /metrics ([metrics] listen)")
+            }
+        }
+    }
+
+    /// Re-read the config; apply it when valid and different. `Ok(changed)`.
+    async fn reload(&mut self, trigger: Trigger) -> Result<bool, String> {
+        let outcome = self.reload_settings(trigger);
+        let listen = self.supervisor.settings().metrics.listen;
+        self.sync_metrics(listen).await;
+        outcome
+    }
+
+    fn reload_settings(&mut self, trigger: Trigger) -> Result<bool, String> {
+        let content = match std::fs::read(&self.path) {
+            Ok(c) => c,
+            Err(e) => {
+                let message = format!(
+                    "cannot read the config file {}: {e}; keeping the last good config",
+                    self.path.display()
+                );
+                warn!("{message}");
+                if trigger == Trigger::Explicit {
+                    self.supervisor.state().config_loaded(Err(message.clone()));
+                }
+                return Err(message);
+            }
+        };
+        if trigger == Trigger::FileEvent && self.last_content.as_ref() == Some(&content) {
+            return Ok(false);
+        }
+        if trigger == Trigger::FileEvent && content.iter().all(u8::is_ascii_whitespace) {
+            // An in-place save truncates first: an empty file is (almost
+            // certainly) half-written, and applying it would stop every
+            // cluster. The write that follows brings another event.
+            warn!(config = %self.path.display(), "the config file is empty: waiting for the rest of the write (use `mcprom reload` to apply an empty config on purpose)");
+            return Ok(false);
+        }
+        self.last_content = Some(content.clone());
+        notify::reloading();
+        let outcome = self.apply(&content);
+        let state = self.supervisor.state().clone();
+        match &outcome {
+            Ok(changed) => {
+                state.config_loaded(Ok(()));
+                if *changed {
+                    info!(config = %self.path.display(), "configuration reloaded");
+                } else {
+                    info!(config = %self.path.display(), "configuration re-read: nothing changed");
+                }
+            }
+            Err(e) => {
+                state.config_loaded(Err(e.clone()));
+                error!("configuration reload failed, keeping the last good config:\n{e}");
+            }
+        }
+        notify::ready(&summary(&state));
+        outcome
+    }
+
+    fn apply(&mut self, content: &[u8]) -> Result<bool, String> {
+        let text = String::from_utf8(content.to_vec())
+            .map_err(|_| format!("{}: the file is not UTF-8", self.path.display()))?;
+        let settings = config::parse(&text, &self.path).map_err(|e| e.to_string())?;
+        if &settings == self.supervisor.settings() {
+            return Ok(false);
+        }
+        self.supervisor.apply(settings).map_err(|e| e.to_string())?;
+        Ok(true)
+    }
+
+    fn status(&self) -> control::StatusReport {
+        control::StatusReport {
+            clusters: self
+                .supervisor
+                .state()
+                .clusters()
+                .iter()
+                .map(control::ClusterReport::from_status)
+                .collect(),
+        }
+    }
+
+    fn rotate(&self, names: Vec<String>, reply: oneshot::Sender<control::Response>) {
+        let names = if names.is_empty() {
+            self.supervisor.cluster_names()
+        } else {
+            names
+        };
+        let targets: Vec<(String, Option<mpsc::Sender<Command>>)> = names
+            .into_iter()
+            .map(|n| {
+                let tx = self.supervisor.command(&n);
+                (n, tx)
+            })
+            .collect();
+        tokio::spawn(async move {
+            let mut results = Vec::new();
+            let mut waiting = Vec::new();
+            for (cluster, tx) in targets {
+                let Some(tx) = tx else {
+                    results.push(control::RotateResult {
+                        error: Some(format!("no cluster named {cluster:?} is configured")),
+                        cluster,
+                        ok: false,
+                    });
+                    continue;
+                };
+                let (done_tx, done_rx) = oneshot::channel();
+                let sent = tx.send(Command::RotateNow(done_tx)).await.is_ok();
+                waiting.push((cluster, sent, done_rx));
+            }
+            for (cluster, sent, done_rx) in waiting {
+                let outcome = if sent {
+                    match tokio::time::timeout(ROTATE_TIMEOUT, done_rx).await {
+                        Ok(Ok(outcome)) => outcome,
+                        Ok(Err(_)) => Err("the cluster's rotation stopped".to_owned()),
+                        Err(_) => Err(format!("no outcome within {ROTATE_TIMEOUT:?}")),
+                    }
+                } else {
+                    Err("the cluster's rotation stopped".to_owned())
+                };
+                results.push(control::RotateResult {
+                    cluster,
+                    ok: outcome.is_ok(),
+                    error: outcome.err(),
+                });
+            }
+            let _ = reply.send(control::Response::Rotate { results });
+        });
+    }
+
+    fn report_health(&mut self) {
+        let state = self.supervisor.state();
+        if !self.ready && state.clusters().iter().all(|c| c.settled) {
+            self.ready = true;
+            let line = summary(state);
+            info!(status = %line, "ready");
+            notify::ready(&line);
+            self.last_status = line;
+            return;
+        }
+        if self.ready {
+            let line = summary(state);
+            if line != self.last_status {
+                notify::status(&line);
+                self.last_status = line;
+            }
+        }
+    }
+}
+
+/// How long `mcprom rotate` waits for each cluster.
+pub const ROTATE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// The daemon: start, follow the config file, serve the control socket,
+/// talk to systemd, run until `shutdown` resolves, stop.
 pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
-    let state = Arc::new(State::default());
+    run_with_state(settings, Arc::new(State::default()), shutdown).await
+}
+
+/// [`run`] with a state the caller can read afterwards (the demo's summary).
+pub async fn run_with_state(
+    settings: Settings,
+    state: Arc<State>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartError> {
+    use tokio::signal::unix::{SignalKind, signal};
+
+    let path = settings.path.clone();
+    let socket = settings.control.socket.clone();
+    let last_content = std::fs::read(&path).ok();
     let cancel = CancellationToken::new();
-    let supervisor = Supervisor::start(settings, state, cancel)?;
-    shutdown.await;
-    supervisor.shutdown().await;
+    let supervisor = Supervisor::start(settings, state.clone(), cancel.clone())?;
+    let mut daemon = Daemon {
+        path: path.clone(),
+        last_content,
+        supervisor,
+        ready: false,
+        last_status: String::new(),
+        metrics: None,
+        cancel: cancel.clone(),
+    };
+    let listen = daemon.supervisor.settings().metrics.listen;
+    daemon.sync_metrics(listen).await;
+
+    let (control_tx, mut control_rx) = mpsc::channel::<control::Incoming>(16);
+    match control::bind(&socket) {
+        Ok(listener) => {
+            tokio::spawn(control::serve(listener, control_tx, cancel.child_token()));
+        }
+        Err(e) => warn!(
+            socket = %socket.display(),
+            error = %e,
+            "cannot open the control socket: `mcprom status|rotate|reload` will not reach this daemon"
+        ),
+    }
+    let mut watcher = match ConfigWatcher::new(&path) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            warn!(error = %e, "cannot watch the config file's directory: edits are applied on SIGHUP or `mcprom reload` only");
+            None
+        }
+    };
+    let mut hangup = signal(SignalKind::hangup()).ok();
+    let mut changes = state.subscribe();
+    let watchdog_period = notify::watchdog_interval().map(|d| d / 2);
+    let mut watchdog = tokio::time::interval(watchdog_period.unwrap_or(Duration::from_secs(3600)));
+    watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut status_tick = tokio::time::interval(Duration::from_secs(10));
+    status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    daemon.report_health();
+    let mut reread_at: Option<tokio::time::Instant> = None;
+
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            Some(_) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                info!("SIGHUP: re-reading the configuration");
+                let _ = daemon.reload(Trigger::Explicit).await;
+            }
+            () = async { match watcher.as_mut() { Some(w) => w.event().await, None => std::future::pending().await } } => {
+                // Debounce: re-read once the directory has been quiet for a while.
+                reread_at = Some(tokio::time::Instant::now() + DEBOUNCE);
+            }
+            () = async { match reread_at { Some(at) => tokio::time::sleep_until(at).await, None => std::future::pending().await } } => {
+                reread_at = None;
+                let _ = daemon.reload(Trigger::FileEvent).await;
+            }
+            Some((request, reply)) = control_rx.recv() => match request {
+                control::Request::Status => {
+                    let _ = reply.send(control::Response::Status(daemon.status()));
+                }
+                control::Request::Rotate { clusters } => daemon.rotate(clusters, reply),
+                control::Request::Reload => {
+                    let outcome = daemon.reload(Trigger::Explicit).await;
+                    let _ = reply.send(control::Response::Reload {
+                        ok: outcome.is_ok(),
+                        changed: outcome.as_ref().is_ok_and(|c| *c),
+                        error: outcome.err(),
+                    });
+                }
+            },
+            Ok(()) = changes.changed() => {
+                if !daemon.ready {
+                    daemon.report_health();
+                }
+            }
+            _ = status_tick.tick() => daemon.report_health(),
+            _ = watchdog.tick(), if watchdog_period.is_some() => {
+                if daemon.supervisor.all_alive() {
+                    notify::watchdog();
+                } else {
+                    error!("a rotator task ended unexpectedly: no longer feeding the systemd watchdog, so systemd restarts mcprom");
+                }
+            }
+        }
+    }
+    notify::stopping();
+    let _ = std::fs::remove_file(&socket);
+    daemon.supervisor.shutdown().await;
     info!("stopped");
     Ok(())
 }

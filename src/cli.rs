@@ -46,6 +46,22 @@ pub enum Command {
     Run,
     /// Validate the config file and the files it names; exit 78 on problems.
     Check,
+    /// Per-cluster table: state, expiry, last and next refresh, last error.
+    /// Exit 1 if a cluster is unhealthy, 69 if the daemon is not running
+    /// (the table then shows what the token files say).
+    Status {
+        /// Print the JSON document instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Refresh now (all clusters, or those named) and wait for the outcome.
+    Rotate {
+        /// Cluster names (default: all).
+        clusters: Vec<String>,
+    },
+    /// Ask the running daemon to re-read its config; exit 78 if the file is invalid
+    /// (the daemon keeps the last good config). systemd's ExecReload.
+    Reload,
     /// Print the Kubernetes manifests a cluster needs, for `kubectl apply -f -`.
     ///
     /// Its ServiceAccount, read access for Prometheus, and the least-privilege
@@ -116,9 +132,18 @@ pub fn main() -> ExitCode {
                 write_ca,
             ))
         }),
-        Command::Seed { cluster } => crate::onboarding::seed(&cli.config, &cluster),
+        Command::Seed { cluster } => {
+            runtime().and_then(|rt| rt.block_on(crate::onboarding::seed(&cli.config, &cluster)))
+        }
         Command::Run => run(&cli.config),
         Command::Check => check(&cli.config),
+        Command::Status { json } => with_settings(&cli.config, |rt, s| {
+            rt.block_on(crate::commands::status(&s, json))
+        }),
+        Command::Rotate { clusters } => with_settings(&cli.config, |rt, s| {
+            rt.block_on(crate::commands::rotate(&s, clusters))
+        }),
+        Command::Reload => reload(&cli.config),
         Command::Demo { duration } => runtime().and_then(|rt| {
             rt.block_on(crate::demo::run(duration)).map_err(|e| {
                 eprintln!("mcprom demo: {e:#}");
@@ -144,6 +169,51 @@ fn load(path: &std::path::Path) -> Result<config::Settings, u8> {
         tracing::error!("invalid configuration, not starting:\n{e}");
         exit::CONFIG
     })
+}
+
+fn with_settings(
+    path: &std::path::Path,
+    f: impl FnOnce(&tokio::runtime::Runtime, config::Settings) -> u8,
+) -> Result<(), u8> {
+    let settings = config::load(path).map_err(|e| {
+        eprintln!("{e}");
+        exit::CONFIG
+    })?;
+    let rt = runtime()?;
+    match f(&rt, settings) {
+        exit::OK => Ok(()),
+        code => Err(code),
+    }
+}
+
+/// `mcprom reload` needs only the socket path; an invalid file must not stop
+/// it from asking the daemon (which reports the error with positions).
+fn reload(path: &std::path::Path) -> Result<(), u8> {
+    let socket = config::load(path)
+        .map(|s| s.control.socket)
+        .unwrap_or_else(|_| socket_from_text(path));
+    let rt = runtime()?;
+    match rt.block_on(crate::commands::reload(&socket)) {
+        exit::OK => Ok(()),
+        code => Err(code),
+    }
+}
+
+/// The `[control] socket` of a file that may not validate as a whole.
+fn socket_from_text(path: &std::path::Path) -> PathBuf {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| t.parse::<toml::Table>().ok())
+        .and_then(|t| {
+            t.get("control")?.get("socket")?.as_str().map(|s| {
+                let p = PathBuf::from(s);
+                match path.parent() {
+                    Some(dir) if p.is_relative() => dir.join(p),
+                    _ => p,
+                }
+            })
+        })
+        .unwrap_or_else(|| PathBuf::from("/run/mcprom/control.sock"))
 }
 
 fn run(path: &std::path::Path) -> Result<(), u8> {

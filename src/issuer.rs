@@ -105,7 +105,10 @@ impl IssueError {
     /// The `reason` label of `mcprom_token_refresh_errors_total`.
     pub fn metric_label(&self) -> &'static str {
         match self {
-            IssueError::Config(_) => "config",
+            // A local problem (missing CA or credential file) shares the
+            // label of a request the server refused as invalid: the
+            // reason set is fixed; logs and status say which it was.
+            IssueError::Config(_) => "invalid",
             IssueError::Unreachable(_) | IssueError::Timeout(_) => "unreachable",
             IssueError::Tls(_) => "tls",
             IssueError::Unauthorized(_) => "unauthorized",
@@ -214,6 +217,43 @@ pub async fn kube_config(
     config.read_timeout = Some(timeout);
     config.write_timeout = Some(timeout);
     Ok(config)
+}
+
+/// When the credential in `config` expires, where that can be known: the
+/// `exp` of a bearer token (inline or file) or the `notAfter` of a client
+/// certificate (inline or file). Exec plugins and OIDC: unknown.
+pub fn credential_expiry(config: &kube::Config) -> Option<SystemTime> {
+    use secrecy::ExposeSecret as _;
+    let auth = &config.auth_info;
+    let token = auth
+        .token
+        .as_ref()
+        .map(|t| t.expose_secret().to_owned())
+        .or_else(|| std::fs::read_to_string(auth.token_file.as_ref()?).ok());
+    if let Some(token) = token {
+        return crate::token::Claims::peek(token.trim())
+            .ok()
+            .map(|c| c.expiry());
+    }
+    let pem = match (&auth.client_certificate_data, &auth.client_certificate) {
+        (Some(data), _) => {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD
+                .decode(data.trim())
+                .ok()?
+        }
+        (None, Some(path)) => std::fs::read(path).ok()?,
+        (None, None) => return None,
+    };
+    certificate_not_after(&pem)
+}
+
+/// `notAfter` of the first certificate in a PEM bundle.
+pub fn certificate_not_after(pem: &[u8]) -> Option<SystemTime> {
+    let der = CertificateDer::pem_slice_iter(pem).next()?.ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
+    let secs = u64::try_from(cert.validity().not_after.timestamp()).ok()?;
+    Some(UNIX_EPOCH + Duration::from_secs(secs))
 }
 
 fn parse_uri(url: &url::Url) -> Result<http::Uri, IssueError> {
@@ -361,6 +401,7 @@ pub fn interpret_response(
         claims,
         lifetime,
         warning: (!warning.is_empty()).then(|| warning.join("; ")),
+        credential_expires_at: None,
     })
 }
 
@@ -386,7 +427,9 @@ impl Issuer for KubeIssuer {
 impl KubeIssuer {
     /// One TokenRequest with the cluster's credentials.
     async fn request(&self, spec: &TokenSpec) -> Result<IssuedToken, IssueError> {
-        let client = self.client().await?;
+        let config = kube_config(&self.cluster, self.timeout).await?;
+        let credential_expires_at = credential_expiry(&config);
+        let client = kube::Client::try_from(config).map_err(|e| IssueError::Config(chain(&e)))?;
         let sa = &self.cluster.service_account;
         let request = TokenRequest {
             spec: TokenRequestSpec {
@@ -423,7 +466,14 @@ impl KubeIssuer {
             interpret_response(parts.status, &parts.headers, &bytes, sent)
         };
         match tokio::time::timeout(self.timeout, exchange).await {
-            Ok(result) => result,
+            Ok(result) => result.map(|mut issued| {
+                issued.credential_expires_at = match self.cluster.credentials {
+                    // The credential is the token just issued.
+                    Credentials::SelfRenew => Some(issued.claims.expiry()),
+                    _ => credential_expires_at,
+                };
+                issued
+            }),
             Err(_) => Err(IssueError::Timeout(started.elapsed())),
         }
     }

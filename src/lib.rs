@@ -29,10 +29,14 @@
 
 pub mod app;
 pub mod cli;
+pub mod commands;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod issuer;
 pub mod logging;
+pub mod metrics;
+pub mod notify;
 pub mod onboarding;
 pub mod reload;
 pub mod render;

@@ -9,11 +9,15 @@ use std::time::{Duration, SystemTime};
 
 use crate::cli::exit;
 use crate::config::{self, Settings};
+use crate::control::{self, ClientError, Request, Response, RotateResult};
 use crate::render::{self, RenderError, rbac, scrape};
 use crate::selfrenew;
 
 /// How long `scrape-config --static` waits for one cluster's node list.
 const LIST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long `seed` waits for the running daemon's renewal (its own limit,
+/// plus the conversation).
+const RENEW_TIMEOUT: Duration = Duration::from_secs(crate::app::ROTATE_TIMEOUT.as_secs() + 10);
 
 fn load(path: &Path) -> Result<Settings, u8> {
     config::load(path).map_err(|e| {
@@ -131,8 +135,9 @@ pub async fn scrape_config(
     print(&yaml)
 }
 
-/// `mcprom seed CLUSTER`: a first token from stdin.
-pub fn seed(config_path: &Path, name: &str) -> Result<(), u8> {
+/// `mcprom seed CLUSTER`: a first token from stdin, then (when mcprom is
+/// running) an immediate renewal with it, which proves the chain works.
+pub async fn seed(config_path: &Path, name: &str) -> Result<(), u8> {
     let settings = load(config_path)?;
     let cluster = render::select(&settings, Some(name)).map_err(|e| failed(&e))?[0];
     let mut stdin = std::io::stdin().lock();
@@ -169,10 +174,50 @@ pub fn seed(config_path: &Path, name: &str) -> Result<(), u8> {
     if lifetime_left_is_short {
         eprintln!(
             "warning: the token expires in {}: mcprom must renew it before then, or the chain \
-             breaks (a running mcprom retries failed renewals within 30 s; seed with a longer \
-             --duration to leave more time)",
+             breaks (a running mcprom is asked to at once; seed with a longer --duration to leave \
+             more time to start it)",
             config::format_duration(Duration::from_secs(left.as_secs()))
         );
     }
-    Ok(())
+    renew_now(&settings.control.socket, name).await
+}
+
+/// Ask a running mcprom to renew `cluster` now with the new seed, so that a
+/// broken chain is repaired at once and the daemon's schedule follows the
+/// new token. A daemon that is not running adopts the seed when it starts.
+async fn renew_now(socket: &Path, cluster: &str) -> Result<(), u8> {
+    let request = Request::Rotate {
+        clusters: vec![cluster.to_owned()],
+    };
+    match control::call(socket, &request, RENEW_TIMEOUT).await {
+        Ok(Response::Rotate { results }) => match results.into_iter().next() {
+            Some(RotateResult { ok: true, .. }) => {
+                println!(
+                    "the running mcprom renewed the token with it: the self-renewal chain works"
+                );
+                Ok(())
+            }
+            Some(RotateResult { error, .. }) => {
+                eprintln!(
+                    "mcprom seed {cluster}: the token was stored, but the running mcprom could not \
+                     renew it: {}",
+                    error.as_deref().unwrap_or("no reason given")
+                );
+                Err(exit::FAILED)
+            }
+            None => Ok(()),
+        },
+        Ok(other) => {
+            eprintln!("note: unexpected answer from the running mcprom: {other:?}");
+            Ok(())
+        }
+        Err(ClientError::Unreachable { .. }) => {
+            println!("mcprom is not running: it adopts the token when it starts");
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("note: {e}; the running mcprom picks the token up at its next attempt");
+            Ok(())
+        }
+    }
 }

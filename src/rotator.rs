@@ -176,6 +176,7 @@ impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
                         s.last_error = None;
                         s.settled = true;
                         s.refreshes += 1;
+                        s.credential_expires_at = issued.credential_expires_at;
                     });
                     info!(
                         service_account = %self.cluster.service_account,
@@ -423,6 +424,7 @@ mod tests {
                 token,
                 lifetime: Duration::from_secs(self.lifetime),
                 warning: None,
+                credential_expires_at: None,
             })
         }
     }

@@ -50,6 +50,8 @@ pub struct ClusterStatus {
     pub last_error: Option<String>,
     /// The first attempt (or adoption) has had an outcome.
     pub settled: bool,
+    /// When mcprom's own credential for the cluster expires, if known.
+    pub credential_expires_at: Option<SystemTime>,
     /// Successful refreshes.
     pub refreshes: u64,
     /// Failed attempts by reason label.
@@ -70,6 +72,7 @@ impl ClusterStatus {
             next_refresh: None,
             last_error: None,
             settled: false,
+            credential_expires_at: None,
             refreshes: 0,
             errors: BTreeMap::new(),
         }
@@ -94,11 +97,33 @@ pub struct ReloadStatus {
     pub last_error: Option<String>,
 }
 
+/// Outcome of configuration (re)loads.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ConfigStatus {
+    /// Whether the last attempt to load the config file succeeded.
+    pub last_reload_successful: bool,
+    /// When the config was last loaded successfully.
+    pub last_success: Option<SystemTime>,
+    /// The last error, cleared by a success.
+    pub last_error: Option<String>,
+}
+
+impl Default for ConfigStatus {
+    fn default() -> Self {
+        ConfigStatus {
+            last_reload_successful: true,
+            last_success: Some(SystemTime::now()),
+            last_error: None,
+        }
+    }
+}
+
 /// Shared state. Cheap to lock: every critical section is a few field updates.
 #[derive(Debug)]
 pub struct State {
     clusters: Mutex<BTreeMap<String, ClusterStatus>>,
     reloads: Mutex<ReloadStatus>,
+    config: Mutex<ConfigStatus>,
     changed: watch::Sender<u64>,
 }
 
@@ -107,6 +132,7 @@ impl Default for State {
         State {
             clusters: Mutex::default(),
             reloads: Mutex::default(),
+            config: Mutex::default(),
             changed: watch::Sender::new(0),
         }
     }
@@ -147,6 +173,33 @@ impl State {
     /// A copy of the reload status.
     pub fn reloads(&self) -> ReloadStatus {
         self.reloads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Record the outcome of a config load.
+    pub fn config_loaded(&self, outcome: Result<(), String>) {
+        {
+            let mut config = self.config.lock().unwrap_or_else(|e| e.into_inner());
+            match outcome {
+                Ok(()) => {
+                    config.last_reload_successful = true;
+                    config.last_success = Some(SystemTime::now());
+                    config.last_error = None;
+                }
+                Err(e) => {
+                    config.last_reload_successful = false;
+                    config.last_error = Some(e);
+                }
+            }
+        }
+        self.bump();
+    }
+
+    /// A copy of the config status.
+    pub fn config(&self) -> ConfigStatus {
+        self.config
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()

@@ -131,7 +131,7 @@ impl Claims {
         let seconds = |v: Option<f64>, name: &str| -> Result<Option<u64>, TokenError> {
             match v {
                 None => Ok(None),
-                Some(x) if x.is_finite() && x >= 0.0 && x < 1e13 => Ok(Some(x as u64)),
+                Some(x) if (0.0..1e13).contains(&x) => Ok(Some(x as u64)),
                 Some(_) => Err(TokenError::Claims(format!("{name} is out of range"))),
             }
         };
@@ -173,6 +173,9 @@ pub struct IssuedToken {
     pub lifetime: Duration,
     /// What the server said about a shortened lifetime (its `Warning` header), if anything.
     pub warning: Option<String>,
+    /// When mcprom's own credential for this cluster expires, where it can
+    /// be known (issuer token `exp`, client certificate `notAfter`).
+    pub credential_expires_at: Option<SystemTime>,
 }
 
 #[cfg(test)]

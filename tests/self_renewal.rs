@@ -70,6 +70,9 @@ async fn self_renewal_keeps_a_cluster_fresh_across_five_rotations_with_no_other_
     let out = seed(&config, &first);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("stored a token for kube-system/prometheus-test"));
+    assert!(
+        text(&out.stdout).contains("mcprom is not running: it adopts the token when it starts")
+    );
     let file = work.path().join("tokens/c1.token");
     assert_eq!(std::fs::read_to_string(&file).unwrap(), first);
     assert!(work.path().join("tokens/c1.token.chain").exists());
@@ -176,12 +179,16 @@ async fn a_chain_broken_by_an_outage_says_how_to_reseed_and_seed_repairs_it() {
             .await
     );
 
-    // The repair: a fresh seed, then mcprom renews on its own again. The
-    // daemon retries an expired cluster at least every 30 s, so the seed
-    // must outlive that (in production: --duration 24h).
-    let fresh = sim.mint("c1", 60).await;
+    // The repair: a fresh seed; `mcprom seed` asks the running daemon to
+    // renew with it at once, and it renews on its own from then on.
+    let fresh = sim.mint("c1", 10).await;
     let out = seed(&config, &fresh);
     assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("the running mcprom renewed the token with it"),
+        "{}",
+        text(&out.stdout)
+    );
     let seeded_iat = claims(&fresh)["iat"].as_u64().unwrap();
     let refreshed_before = daemon.count("token refreshed");
     eventually(

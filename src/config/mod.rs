@@ -19,6 +19,7 @@ mod host;
 mod report;
 mod settings;
 pub mod validate;
+pub mod watch;
 
 pub use duration::{format_duration, parse_duration};
 pub use host::{HostProblem, host_problems, warnings};

@@ -245,8 +245,12 @@ async fn route(
     let policy = &settings.policy;
     let get = method == Method::GET;
     let resp = match segs {
-        [p @ ("version" | "healthz" | "livez" | "readyz")] | [p @ ("api" | "apis")] if get => {
-            let path = format!("/{p}");
+        ["version" | "healthz" | "livez" | "readyz" | "api" | "apis"]
+        | ["api", "v1"]
+        | ["apis", "authentication.k8s.io", "v1"]
+            if get =>
+        {
+            let path = format!("/{}", segs.join("/"));
             if !policy.allows_path(&who, &path) {
                 return Ok(status_resp(
                     403,
@@ -255,33 +259,7 @@ async fn route(
                     Some(json!({})),
                 ));
             }
-            non_resource(p, req.headers())
-        }
-        ["api", "v1"] if get => {
-            if !policy.allows_path(&who, "/api/v1") {
-                return Ok(status_resp(
-                    403,
-                    "Forbidden",
-                    &rbac::forbidden_path_message(&who, "get", "/api/v1"),
-                    Some(json!({})),
-                ));
-            }
-            json_resp(StatusCode::OK, &core_resources())
-        }
-        ["apis", "authentication.k8s.io", "v1"] if get => {
-            if !policy.allows_path(&who, "/apis/authentication.k8s.io/v1") {
-                return Ok(status_resp(
-                    403,
-                    "Forbidden",
-                    &rbac::forbidden_path_message(&who, "get", "/apis/authentication.k8s.io/v1"),
-                    Some(json!({})),
-                ));
-            }
-            json_resp(
-                StatusCode::OK,
-                &json!({"kind": "APIResourceList", "apiVersion": "v1",
-                        "groupVersion": "authentication.k8s.io/v1", "resources": []}),
-            )
+            non_resource(&path)
         }
         ["api", "v1", "nodes"] if get => authorized(policy, &who, "list", "nodes", None, None)
             .unwrap_or_else(|| json_resp(StatusCode::OK, &node_list(&settings.nodes))),
@@ -342,7 +320,7 @@ async fn route(
         _ if known_path(segs) => status_resp(
             405,
             "MethodNotAllowed",
-            &format!("the server does not allow this method on the requested resource"),
+            "the server does not allow this method on the requested resource",
             Some(json!({})),
         ),
         _ => {
@@ -460,9 +438,9 @@ struct TokenRequestSpecJson {
 
 /// Human form of a duration as in the real validation message ("10 minutes").
 fn human(secs: u64) -> String {
-    let (n, unit) = if secs % 3600 == 0 && secs > 0 {
+    let (n, unit) = if secs.is_multiple_of(3600) && secs > 0 {
         (secs / 3600, "hour")
-    } else if secs % 60 == 0 && secs > 0 {
+    } else if secs.is_multiple_of(60) && secs > 0 {
         (secs / 60, "minute")
     } else {
         (secs, "second")
@@ -646,9 +624,10 @@ async fn token_request(
     Ok(resp)
 }
 
-fn non_resource(path: &str, _headers: &http::HeaderMap) -> Resp {
+/// Version, discovery and health documents (`path` as requested, e.g. `/api/v1`).
+fn non_resource(path: &str) -> Resp {
     match path {
-        "version" => json_resp(
+        "/version" => json_resp(
             StatusCode::OK,
             &json!({
                 "major": "1",
@@ -662,7 +641,7 @@ fn non_resource(path: &str, _headers: &http::HeaderMap) -> Resp {
                 "platform": "linux/amd64",
             }),
         ),
-        "api" => json_resp(
+        "/api" => json_resp(
             StatusCode::OK,
             &json!({
                 "kind": "APIVersions",
@@ -670,7 +649,7 @@ fn non_resource(path: &str, _headers: &http::HeaderMap) -> Resp {
                 "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1:6443"}],
             }),
         ),
-        "apis" => json_resp(
+        "/apis" => json_resp(
             StatusCode::OK,
             &json!({
                 "kind": "APIGroupList",
@@ -681,6 +660,12 @@ fn non_resource(path: &str, _headers: &http::HeaderMap) -> Resp {
                     "preferredVersion": {"groupVersion": "authentication.k8s.io/v1", "version": "v1"},
                 }],
             }),
+        ),
+        "/api/v1" => json_resp(StatusCode::OK, &core_resources()),
+        "/apis/authentication.k8s.io/v1" => json_resp(
+            StatusCode::OK,
+            &json!({"kind": "APIResourceList", "apiVersion": "v1",
+                    "groupVersion": "authentication.k8s.io/v1", "resources": []}),
         ),
         _ => respond(StatusCode::OK, "text/plain; charset=utf-8", "ok"),
     }

@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{ClusterHandle, Fault, Registry};
+use super::{Fault, Registry};
 
 type Resp = Response<Full<Bytes>>;
 
@@ -81,7 +81,7 @@ async fn handle(registry: &Registry, req: Request<Incoming>) -> Resp {
             &format!("no such control path {path}"),
         );
     };
-    let Some(cluster) = registry.handle(name) else {
+    let Some(cluster) = registry.cluster_handle(name) else {
         return error(StatusCode::NOT_FOUND, &format!("no cluster named {name:?}"));
     };
     match (&method, rest) {
@@ -140,11 +140,5 @@ async fn handle(registry: &Registry, req: Request<Incoming>) -> Resp {
             StatusCode::NOT_FOUND,
             &format!("no such control operation {method} {path}"),
         ),
-    }
-}
-
-impl Registry {
-    fn handle(&self, name: &str) -> Option<ClusterHandle> {
-        self.cluster_handle(name)
     }
 }

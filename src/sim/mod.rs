@@ -7,7 +7,7 @@
 //! endpoint, and can inject faults. `mcprom-sim` is its command-line front
 //! end; [`Sim::start`] runs it in-process.
 //!
-//! Layout: [`api`](self) (the Kubernetes surface), `server` (listeners),
+//! Layout: `api` (the Kubernetes surface), `server` (listeners),
 //! `cluster` (per-cluster state and counters), `jwt`, `pki`, `rbac`,
 //! `proto` (protobuf TokenRequest bodies), `control` (the control endpoint),
 //! `files` (kubeconfigs and `mcprom.toml`).
@@ -18,7 +18,7 @@ mod control;
 mod files;
 mod jwt;
 mod pki;
-pub mod proto;
+mod proto;
 mod rbac;
 mod server;
 
@@ -124,7 +124,7 @@ pub struct ReadyCluster {
 /// Clusters by name, with their own-port listeners.
 pub(crate) struct Registry {
     names: Vec<String>,
-    clusters: HashMap<String, ClusterRef>,
+    clusters: Arc<HashMap<String, ClusterRef>>,
     ports: HashMap<String, Arc<OwnPort>>,
 }
 
@@ -367,10 +367,12 @@ impl Sim {
             nodes: nodes.clone(),
         });
         let names: Vec<String> = (1..=config.clusters).map(|i| format!("c{i}")).collect();
-        let clusters: HashMap<String, ClusterRef> = names
-            .iter()
-            .map(|n| (n.clone(), Arc::new(Cluster::new(n.clone()))))
-            .collect();
+        let clusters: Arc<HashMap<String, ClusterRef>> = Arc::new(
+            names
+                .iter()
+                .map(|n| (n.clone(), Arc::new(Cluster::new(n.clone()))))
+                .collect(),
+        );
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let mut ports = HashMap::new();
@@ -383,7 +385,7 @@ impl Sim {
             let listener = Listener {
                 settings: settings.clone(),
                 tls: TlsAcceptor::from(pki.server_config.clone()),
-                routes: Routes::Shared(Arc::new(clusters.clone())),
+                routes: Routes::Shared(clusters.clone()),
                 tracker: tracker.clone(),
             };
             let work: Vec<(String, String, String)> = names

@@ -130,9 +130,7 @@ impl Policy {
     /// Non-resource paths: discovery for authenticated users, version and
     /// health for everyone (`system:public-info-viewer`).
     pub fn allows_path(&self, who: &Identity, path: &str) -> bool {
-        matches!(path, "/version" | "/healthz" | "/livez" | "/readyz")
-            || who.is_authenticated()
-            || who.groups.iter().any(|g| g == "system:masters")
+        matches!(path, "/version" | "/healthz" | "/livez" | "/readyz") || who.is_authenticated()
     }
 }
 
