@@ -69,6 +69,43 @@ pub enum Command {
     /// Ask the running daemon to re-read its config; exit 78 if the file is invalid
     /// (the daemon keeps the last good config). systemd's ExecReload.
     Reload,
+    /// Print the Kubernetes manifests a cluster needs, for `kubectl apply -f -`.
+    ///
+    /// Its ServiceAccount, read access for Prometheus, and the least-privilege
+    /// rule for minting its tokens, bound to the identity of
+    /// [cluster.credentials] (or to the ServiceAccount itself for self = true).
+    Rbac {
+        /// Only this cluster (default: every cluster, one after another).
+        cluster: Option<String>,
+    },
+    /// Print Prometheus scrape jobs that read mcprom's token files.
+    ///
+    /// cAdvisor and kubelet metrics through each API server's node proxy,
+    /// with the token file as credentials_file, the cluster's CA and a
+    /// `cluster` label. The output is a complete Prometheus config.
+    ScrapeConfig {
+        /// Only this cluster (default: every cluster).
+        cluster: Option<String>,
+        /// List the nodes now, with each cluster's token, in static_configs
+        /// instead of kubernetes_sd_configs (for Prometheus builds without
+        /// Kubernetes discovery, such as Debian's).
+        #[arg(long = "static")]
+        static_nodes: bool,
+        /// Also write CAs that kubeconfigs embed (certificate-authority-data)
+        /// to the files the jobs read.
+        #[arg(long)]
+        write_ca: bool,
+    },
+    /// Store a first token, read from stdin, for a self-renewing cluster.
+    ///
+    /// For a cluster with `self = true` in [cluster.credentials], e.g.
+    /// `kubectl create token prometheus -n kube-system --duration 24h | mcprom seed prod`.
+    /// Also repairs a broken chain. The token must belong to the cluster's
+    /// service_account and must not have expired.
+    Seed {
+        /// The cluster.
+        cluster: String,
+    },
     /// Run the daemon against simulated clusters on loopback, with a real
     /// `prometheus` when one is on PATH.
     Demo {
@@ -93,7 +130,24 @@ pub fn main() -> ExitCode {
         (_, level) => level,
     };
     crate::logging::init(level);
+    crate::selfrenew::remember_config_path(&config::validate::absolute(&cli.config));
     let code = match cli.command {
+        Command::Rbac { cluster } => crate::onboarding::rbac(&cli.config, cluster.as_deref()),
+        Command::ScrapeConfig {
+            cluster,
+            static_nodes,
+            write_ca,
+        } => runtime().and_then(|rt| {
+            rt.block_on(crate::onboarding::scrape_config(
+                &cli.config,
+                cluster.as_deref(),
+                static_nodes,
+                write_ca,
+            ))
+        }),
+        Command::Seed { cluster } => {
+            runtime().and_then(|rt| rt.block_on(crate::onboarding::seed(&cli.config, &cluster)))
+        }
         Command::Run => run(&cli.config),
         Command::Check { online } => check(&cli.config, online),
         Command::Status { json } => with_settings(&cli.config, |rt, s| {

@@ -82,6 +82,15 @@ pub enum IssueError {
         /// The server's message.
         message: String,
     },
+    /// Self-renewal: the API server no longer accepts the cluster's own
+    /// token (it expired unrenewed, or the ServiceAccount was recreated);
+    /// only `mcprom seed` repairs it. The message says how.
+    #[error("{0}")]
+    ChainBroken(String),
+    /// Self-renewal: the chain reached `max_chain_age`, so mcprom no longer
+    /// renews it. The message says how to re-seed.
+    #[error("{0}")]
+    ChainTooOld(String),
     /// 5xx or an answer that is not a TokenRequest.
     #[error("API server error ({code}): {message}")]
     Server {
@@ -108,6 +117,8 @@ impl IssueError {
             IssueError::Invalid { .. } => "invalid",
             IssueError::Throttled { .. } => "throttled",
             IssueError::Server { .. } => "server_error",
+            IssueError::ChainBroken(_) => "chain_broken",
+            IssueError::ChainTooOld(_) => "chain_too_old",
         }
     }
 
@@ -181,7 +192,8 @@ pub async fn kube_config(
                     config.auth_info.client_key = Some(key.to_string_lossy().into_owned());
                 }
                 Credentials::SelfRenew => {
-                    check_readable(&cluster.token_file, "token_file (self-renewal)")?;
+                    std::fs::File::open(&cluster.token_file)
+                        .map_err(|e| crate::selfrenew::unreadable_token(cluster, &e))?;
                     config.auth_info.token_file =
                         Some(cluster.token_file.to_string_lossy().into_owned());
                 }
@@ -395,6 +407,26 @@ pub fn interpret_response(
 
 impl Issuer for KubeIssuer {
     async fn issue(&self, spec: &TokenSpec) -> Result<IssuedToken, IssueError> {
+        if !matches!(self.cluster.credentials, Credentials::SelfRenew) {
+            return self.request(spec).await;
+        }
+        // Self-renewal: the chain may have reached its age limit, and a 401
+        // means the chain is broken, which only a new seed repairs.
+        crate::selfrenew::check_chain(&self.cluster, SystemTime::now())?;
+        match self.request(spec).await {
+            Err(IssueError::Unauthorized(message)) => Err(crate::selfrenew::broken_chain(
+                &self.cluster,
+                &message,
+                SystemTime::now(),
+            )),
+            other => other,
+        }
+    }
+}
+
+impl KubeIssuer {
+    /// One TokenRequest with the cluster's credentials.
+    async fn request(&self, spec: &TokenSpec) -> Result<IssuedToken, IssueError> {
         let config = kube_config(&self.cluster, self.timeout).await?;
         let credential_expires_at = credential_expiry(&config);
         let client = kube::Client::try_from(config).map_err(|e| IssueError::Config(chain(&e)))?;

@@ -11,6 +11,9 @@
 //! - [`reload`]: the coalescing Prometheus reloader.
 //! - [`rotator`]: one cluster's loop.
 //! - [`state`]: per-cluster status shared with reporting.
+//! - [`onboarding`]: the `rbac`, `scrape-config` and `seed` commands.
+//! - [`render`]: `mcprom rbac` and `mcprom scrape-config` output from the settings.
+//! - [`selfrenew`]: self-renewing credentials: `mcprom seed`, the chain and its limits.
 //! - [`app`]: wiring, supervisor, signals.
 //! - [`online`]: `mcprom check --online`, the checklist against the clusters and Prometheus.
 //! - [`sim`]: the simulated Kubernetes API used by tests and the demo.
@@ -35,10 +38,13 @@ pub mod issuer;
 pub mod logging;
 pub mod metrics;
 pub mod notify;
+pub mod onboarding;
 pub mod online;
 pub mod reload;
+pub mod render;
 pub mod rotator;
 pub mod schedule;
+pub mod selfrenew;
 pub mod sim;
 pub mod sink;
 pub mod state;

@@ -24,7 +24,7 @@ use crate::state::State;
 
 /// The `reason` label values of `mcprom_token_refresh_errors_total`: a
 /// fixed set, each exported (at 0) for every cluster so `rate()` works.
-pub const REASONS: [&str; 9] = [
+pub const REASONS: [&str; 11] = [
     "unreachable",
     "tls",
     "unauthorized",
@@ -34,6 +34,9 @@ pub const REASONS: [&str; 9] = [
     "throttled",
     "server_error",
     "write_failed",
+    // Self-renewal (`credentials.self`): only `mcprom seed` repairs these.
+    "chain_broken",
+    "chain_too_old",
 ];
 
 fn seconds(t: SystemTime) -> f64 {

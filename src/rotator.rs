@@ -459,6 +459,7 @@ mod tests {
             file_mode: 0o640,
             file_group: None,
             credentials: Credentials::TokenFile("/nonexistent".into()),
+            max_chain_age: None,
         })
     }
 

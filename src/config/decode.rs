@@ -214,7 +214,13 @@ const SECTIONS: &[(&str, &[&str])] = &[
     ),
     (
         "[[cluster]]",
-        &["name", "api_server", "service_account", "audiences"],
+        &[
+            "name",
+            "api_server",
+            "service_account",
+            "audiences",
+            "max_chain_age",
+        ],
     ),
 ];
 
@@ -299,6 +305,7 @@ fn example(key: &str) -> Option<&'static str> {
         "client_cert" => r#"client_cert = "/etc/mcprom/prod/client.crt""#,
         "client_key" => r#"client_key = "/etc/mcprom/prod/client.key""#,
         "self" => "self = true",
+        "max_chain_age" => r#"max_chain_age = "30d""#,
         "credentials" => "[cluster.credentials] followed by kubeconfig = \"...\"",
         _ => return None,
     })

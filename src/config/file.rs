@@ -119,6 +119,8 @@ pub struct ClusterFile {
     pub file_mode: Option<Spanned<ModeValue>>,
     /// Overrides `[defaults] file_group`.
     pub file_group: Option<Spanned<String>>,
+    /// Self-renewal only: maximum age of the token chain (default: unset, no limit).
+    pub max_chain_age: Option<Spanned<String>>,
     /// `[cluster.credentials]` (required).
     pub credentials: Option<Spanned<CredentialsFile>>,
 }

@@ -120,8 +120,8 @@ fn unreadable(cluster: Option<&ClusterSettings>, key: &str, path: &Path) -> Opti
     };
     let hint = match (error.kind(), key, cluster) {
         (std::io::ErrorKind::NotFound, "credentials.self", Some(c)) => format!(
-            "bootstrap it once with `mcprom seed {}`, which stores a first token read from stdin",
-            c.name
+            "bootstrap it once with `{}`, which stores a first token read from stdin",
+            crate::selfrenew::reseed_command(c)
         ),
         (std::io::ErrorKind::NotFound, _, _) => {
             format!("put the file there, or correct {key} in the config file")

@@ -141,7 +141,8 @@ pub struct ClusterSettings {
     pub audiences: Vec<String>,
     /// Requested lifetime (default 1 h).
     pub expiration: Duration,
-    /// Fraction of the lifetime after which to refresh, in (0, 1) (default 0.8).
+    /// Fraction of the lifetime after which to refresh, in (0, 1) (default
+    /// 0.8; 0.5 for a self-renewing cluster that does not set its own).
     pub refresh_at: f64,
     /// Mode of the token file (default 0o640).
     pub file_mode: u32,
@@ -149,6 +150,9 @@ pub struct ClusterSettings {
     pub file_group: Option<String>,
     /// How mcprom authenticates.
     pub credentials: Credentials,
+    /// Self-renewal only: stop renewing once the chain started by
+    /// `mcprom seed` is older than this (default: `None`, no limit).
+    pub max_chain_age: Option<Duration>,
 }
 
 impl ClusterSettings {

@@ -159,6 +159,11 @@ fn every_key_of_the_reference_is_accepted_when_uncommented() {
     ));
     let renew = uncomment(&without_kubeconfig, "self");
     assert_eq!(ok(&renew).clusters[0].credentials, Credentials::SelfRenew);
+    let limited = uncomment(&renew, "max_chain_age");
+    assert_eq!(
+        ok(&limited).clusters[0].max_chain_age,
+        Some(Duration::from_secs(30 * 86_400))
+    );
 }
 
 #[test]
@@ -606,6 +611,7 @@ fn defaults_are_applied() {
                 path: PathBuf::from("/etc/mcprom/prod/kubeconfig"),
                 context: None,
             },
+            max_chain_age: None,
         }
     );
 }
@@ -843,4 +849,60 @@ fn warnings_cover_insecure_tls_and_short_expirations() {
         warnings[1]
     );
     assert!(warnings[1].contains("5m"), "{}", warnings[1]);
+}
+
+// ---------------------------------------------------------------- self-renewal
+
+/// PROD renewing itself, with `extra` lines in its [[cluster]] table.
+fn self_renewing(extra: &str) -> String {
+    PROD.replace(
+        "service_account = \"kube-system/prometheus\"\n",
+        &format!("service_account = \"kube-system/prometheus\"\n{extra}"),
+    )
+    .replace(
+        "kubeconfig = \"/etc/mcprom/prod/kubeconfig\"",
+        "self = true",
+    )
+}
+
+#[test]
+fn a_self_renewing_cluster_refreshes_at_half_unless_it_sets_refresh_at_itself() {
+    let defaults = "[defaults]\nrefresh_at = 0.9\n\n";
+    let settings = ok(&format!("{defaults}{}", self_renewing("")));
+    assert_eq!(settings.clusters[0].refresh_at, 0.5);
+    let settings = ok(&format!(
+        "{defaults}{}",
+        self_renewing("refresh_at = 0.7\n")
+    ));
+    assert_eq!(settings.clusters[0].refresh_at, 0.7);
+    // Other clusters keep inheriting [defaults].
+    assert_eq!(ok(&format!("{defaults}{PROD}")).clusters[0].refresh_at, 0.9);
+}
+
+#[test]
+fn max_chain_age_is_a_duration_for_self_renewing_clusters_only() {
+    let settings = ok(&self_renewing("max_chain_age = \"7d\"\n"));
+    assert_eq!(
+        settings.clusters[0].max_chain_age,
+        Some(Duration::from_secs(7 * 86_400))
+    );
+    assert_eq!(ok(&self_renewing("")).clusters[0].max_chain_age, None);
+    rejects_with(
+        &PROD.replace(
+            "name = \"prod\"\n",
+            "name = \"prod\"\nmax_chain_age = \"7d\"\n",
+        ),
+        "/etc/mcprom.toml:3:17: cluster \"prod\": key \"max_chain_age\"",
+        &["only applies to a self-renewing cluster"],
+    );
+    rejects_with(
+        &self_renewing("max_chain_age = \"0s\"\n"),
+        "/etc/mcprom.toml:5:17: cluster \"prod\": key \"max_chain_age\"",
+        &["too short"],
+    );
+    rejects_with(
+        &format!("[defaults]\nmax_chain_age = \"7d\"\n\n{PROD}"),
+        "/etc/mcprom.toml:2:1: [defaults]: unknown key \"max_chain_age\"",
+        &["belongs in [[cluster]]"],
+    );
 }

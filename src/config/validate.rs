@@ -21,6 +21,10 @@ const DEFAULT_DELAY: Duration = Duration::from_secs(2);
 const DEFAULT_TOKEN_DIR: &str = "/var/lib/mcprom/tokens";
 const DEFAULT_EXPIRATION: Duration = Duration::from_secs(3600);
 const DEFAULT_REFRESH_AT: f64 = 0.8;
+/// `refresh_at` of a self-renewing cluster that does not set its own: the
+/// chain breaks if a token expires unrenewed, so leave half the lifetime to
+/// retry. `[defaults] refresh_at` does not apply to such clusters.
+const SELF_RENEW_REFRESH_AT: f64 = 0.5;
 const DEFAULT_FILE_MODE: u32 = 0o640;
 const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9719";
 const DEFAULT_CONTROL_SOCKET: &str = "/run/mcprom/control.sock";
@@ -626,7 +630,24 @@ impl Validator<'_> {
             None => defaults.file_group.clone(),
             Some(g) => self.group_value(g, cx),
         };
+        let max_chain_age = c
+            .max_chain_age
+            .as_ref()
+            .map(|a| self.duration_value(a, cx, "max_chain_age", Duration::from_secs(1)));
         let (credentials, inputs) = self.credentials(c.credentials.as_ref(), offset, cx)?;
+        let self_renew = matches!(credentials, Credentials::SelfRenew);
+        let refresh_at = match &c.refresh_at {
+            None if self_renew => Some(SELF_RENEW_REFRESH_AT),
+            _ => refresh_at,
+        };
+        if let Some(age) = c.max_chain_age.as_ref().filter(|_| !self_renew) {
+            self.error(
+                age.span().start,
+                cx,
+                "key \"max_chain_age\": it only applies to a self-renewing cluster \
+                 ([cluster.credentials] self = true); remove it",
+            );
+        }
         if api_server.is_none()
             && c.api_server.is_none()
             && !matches!(credentials, Credentials::Kubeconfig { .. })
@@ -648,7 +669,7 @@ impl Validator<'_> {
             offset,
             token_file_offset: c.token_file.as_ref().map(|t| t.span().start),
             inputs,
-            self_renew: matches!(credentials, Credentials::SelfRenew),
+            self_renew,
         };
         let settings = ClusterSettings {
             name: name?,
@@ -663,6 +684,10 @@ impl Validator<'_> {
             file_mode: file_mode?,
             file_group,
             credentials,
+            max_chain_age: match max_chain_age {
+                None => None,
+                Some(age) => Some(age?),
+            },
         };
         Some((settings, files))
     }

@@ -426,3 +426,67 @@ impl Drop for ReloadReceiver {
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
+
+impl Sim {
+    /// The static bearer token of the sim's `mcprom-issuer` user for `cluster`
+    /// (allowed to mint tokens for `kube-system/prometheus-test`).
+    pub fn issuer_token_file(&self, cluster: &str) -> PathBuf {
+        self.kubeconfig(cluster).with_file_name("issuer.token")
+    }
+
+    /// A token for `kube-system/prometheus-test` minted outside mcprom, with
+    /// the sim's issuer credential: what a person does with `kubectl create
+    /// token` before `mcprom seed`.
+    pub async fn mint(&self, cluster: &str, seconds: u64) -> String {
+        let pem = std::fs::read(self.ca_file(cluster)).unwrap();
+        let client = reqwest::Client::builder()
+            .tls_certs_only(reqwest::Certificate::from_pem_bundle(&pem).unwrap())
+            .no_proxy()
+            .build()
+            .unwrap();
+        let issuer = std::fs::read_to_string(self.issuer_token_file(cluster)).unwrap();
+        let res = client
+            .post(format!(
+                "{}/api/v1/namespaces/kube-system/serviceaccounts/prometheus-test/token",
+                self.api_server(cluster)
+            ))
+            .bearer_auth(issuer.trim())
+            .json(&serde_json::json!({"spec": {"expirationSeconds": seconds}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 201, "minting a token failed");
+        let body: Value = res.json().await.unwrap();
+        body["status"]["token"].as_str().unwrap().to_owned()
+    }
+}
+
+/// Run `mcprom ARGS` to completion, with `stdin` as its standard input.
+pub fn run_mcprom(args: &[&str], stdin: &str) -> std::process::Output {
+    use std::io::Write as _;
+    let mut child = Command::new(MCPROM)
+        .args(args)
+        .env("NO_COLOR", "1")
+        .env_remove("MCPROM_CONFIG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start mcprom");
+    let mut input = child.stdin.take().unwrap();
+    // mcprom may exit without reading (a bad config): a broken pipe is fine.
+    let _ = input.write_all(stdin.as_bytes());
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+/// `program` on PATH, or a failure that says how to install it: a test that
+/// needs an outside tool fails without it, it never silently passes.
+pub fn required_tool(program: &str, install: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{program} is not installed; install it with: {install}"))
+}

@@ -1,0 +1,201 @@
+//! What mcprom generates from its settings: the Kubernetes manifests a
+//! cluster needs ([`rbac`], `mcprom rbac`) and the Prometheus scrape jobs
+//! that use the token files ([`scrape`], `mcprom scrape-config`).
+//!
+//! Both start from a cluster's settings and, where the settings leave
+//! something to a kubeconfig (server, CA, the identity that mints tokens),
+//! from that kubeconfig. Nothing here prints a token or a key.
+
+pub mod rbac;
+pub mod scrape;
+
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use kube::config::{AuthInfo, Cluster, Kubeconfig};
+
+use crate::config::{ClusterSettings, Settings};
+use crate::issuer::chain;
+
+/// Rendering failed. Messages name the cluster and the file concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    /// The CLUSTER argument names no configured cluster.
+    #[error("no cluster named {name:?} in {} (configured: {known})", config.display())]
+    UnknownCluster {
+        /// The name given.
+        name: String,
+        /// The config file.
+        config: PathBuf,
+        /// The configured names, comma-separated.
+        known: String,
+    },
+    /// Something about one cluster could not be worked out or fetched.
+    #[error("cluster {cluster:?}: {message}")]
+    Cluster {
+        /// The cluster.
+        cluster: String,
+        /// What went wrong, with a hint.
+        message: String,
+    },
+}
+
+impl RenderError {
+    fn cluster(cluster: &ClusterSettings, message: impl Into<String>) -> Self {
+        RenderError::Cluster {
+            cluster: cluster.name.clone(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The clusters to render: the one named, or all of them in file order.
+pub fn select<'a>(
+    settings: &'a Settings,
+    name: Option<&str>,
+) -> Result<Vec<&'a ClusterSettings>, RenderError> {
+    let Some(name) = name else {
+        return Ok(settings.clusters.iter().collect());
+    };
+    match settings.clusters.iter().find(|c| c.name == name) {
+        Some(cluster) => Ok(vec![cluster]),
+        None => Err(RenderError::UnknownCluster {
+            name: name.to_owned(),
+            config: settings.path.clone(),
+            known: if settings.clusters.is_empty() {
+                "none".to_owned()
+            } else {
+                settings
+                    .clusters
+                    .iter()
+                    .map(|c| c.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+        }),
+    }
+}
+
+/// The entry of a kubeconfig that one context selects. Paths in it are
+/// absolute (kube resolves them against the kubeconfig's directory).
+#[derive(Debug, Clone)]
+pub(crate) struct KubeconfigEntry {
+    /// The context's cluster.
+    pub cluster: Cluster,
+    /// The context's user (empty when the context names none).
+    pub user: AuthInfo,
+}
+
+/// Read `path` and select `context` (default: its current-context).
+pub(crate) fn kubeconfig_entry(
+    path: &Path,
+    context: Option<&str>,
+) -> Result<KubeconfigEntry, String> {
+    let shown = path.display();
+    let config =
+        Kubeconfig::read_from(path).map_err(|e| format!("kubeconfig {shown}: {}", chain(&e)))?;
+    let name = match context.or(config.current_context.as_deref()) {
+        Some(name) if !name.is_empty() => name.to_owned(),
+        _ => {
+            return Err(format!(
+                "kubeconfig {shown} has no current-context (set credentials.context)"
+            ));
+        }
+    };
+    let context = config
+        .contexts
+        .iter()
+        .find(|c| c.name == name)
+        .and_then(|c| c.context.clone())
+        .ok_or_else(|| format!("kubeconfig {shown} has no context {name:?}"))?;
+    let cluster = config
+        .clusters
+        .iter()
+        .find(|c| c.name == context.cluster)
+        .and_then(|c| c.cluster.clone())
+        .ok_or_else(|| {
+            format!(
+                "kubeconfig {shown}: context {name:?} names cluster {:?}, which is not in the file",
+                context.cluster
+            )
+        })?;
+    let user = context
+        .user
+        .as_ref()
+        .and_then(|u| config.auth_infos.iter().find(|a| &a.name == u))
+        .and_then(|a| a.auth_info.clone())
+        .unwrap_or_default();
+    Ok(KubeconfigEntry { cluster, user })
+}
+
+/// Decode a kubeconfig `*-data` field (base64 of PEM).
+pub(crate) fn decode_data(field: &str, data: &str) -> Result<Vec<u8>, String> {
+    base64::engine::general_purpose::STANDARD
+        .decode(data.trim())
+        .map_err(|e| format!("{field} is not valid base64: {e}"))
+}
+
+/// Turn text into YAML comment lines (`# …`), one per input line.
+pub(crate) fn comment(text: &str) -> String {
+    text.lines()
+        .map(|l| {
+            if l.is_empty() {
+                "#\n".to_owned()
+            } else {
+                format!("# {l}\n")
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_cluster_lists_the_known_ones() {
+        let settings = crate::config::parse(
+            "[[cluster]]\nname = \"a\"\napi_server = \"https://h\"\nservice_account = \"x/y\"\n\
+             [cluster.credentials]\nself = true\n",
+            Path::new("/etc/mcprom.toml"),
+        )
+        .unwrap();
+        assert_eq!(select(&settings, None).unwrap().len(), 1);
+        assert_eq!(select(&settings, Some("a")).unwrap()[0].name, "a");
+        let e = select(&settings, Some("b")).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "no cluster named \"b\" in /etc/mcprom.toml (configured: a)"
+        );
+    }
+
+    #[test]
+    fn a_kubeconfig_context_selects_its_cluster_and_user() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kubeconfig");
+        std::fs::write(
+            &path,
+            "apiVersion: v1\nkind: Config\ncurrent-context: a\nclusters:\n\
+             - name: ca\n  cluster:\n    server: https://a:6443\n    certificate-authority: a.crt\n\
+             - name: cb\n  cluster:\n    server: https://b:6443\n\
+             users:\n- name: ua\n  user:\n    tokenFile: t\n\
+             contexts:\n- name: a\n  context:\n    cluster: ca\n    user: ua\n\
+             - name: b\n  context:\n    cluster: cb\n",
+        )
+        .unwrap();
+        let a = kubeconfig_entry(&path, None).unwrap();
+        assert_eq!(a.cluster.server.as_deref(), Some("https://a:6443"));
+        assert_eq!(
+            a.cluster.certificate_authority.as_deref(),
+            Some(dir.path().join("a.crt").to_str().unwrap())
+        );
+        assert!(a.user.token_file.is_some());
+        let b = kubeconfig_entry(&path, Some("b")).unwrap();
+        assert_eq!(b.cluster.server.as_deref(), Some("https://b:6443"));
+        assert!(b.user.token_file.is_none());
+        let e = kubeconfig_entry(&path, Some("c")).unwrap_err();
+        assert!(e.contains("has no context \"c\""), "{e}");
+        let e = kubeconfig_entry(&dir.path().join("missing"), None).unwrap_err();
+        assert!(e.contains("missing"), "{e}");
+    }
+}
