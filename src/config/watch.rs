@@ -17,6 +17,18 @@ use tokio::sync::mpsc;
 /// Quiet period after the last event before the file is re-read.
 pub const DEBOUNCE: Duration = Duration::from_millis(500);
 
+/// Whether an event can change what the config path reads as. Reads and
+/// opens cannot — and must be ignored: re-reading the file after an event
+/// causes an access event of its own, which would loop forever.
+fn changes_content(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind};
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
+}
+
 /// A watch on the directories that decide the config file's content.
 pub struct ConfigWatcher {
     _watcher: RecommendedWatcher,
@@ -30,7 +42,7 @@ impl ConfigWatcher {
         let (tx, events) = mpsc::channel(1);
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                if event.is_ok() {
+                if event.is_ok_and(|e| changes_content(&e.kind)) {
                     // A full channel already holds a wake-up: nothing is lost.
                     let _ = tx.try_send(());
                 }
@@ -66,5 +78,28 @@ impl ConfigWatcher {
         if self.events.recv().await.is_none() {
             std::future::pending::<()>().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn reading_the_file_is_not_a_change_but_writing_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mcprom.toml");
+        std::fs::write(&path, "# v1\n").unwrap();
+        let mut watcher = ConfigWatcher::new(&path).unwrap();
+        // Reads (what mcprom itself does after every event) must stay quiet.
+        for _ in 0..3 {
+            std::fs::read(&path).unwrap();
+        }
+        let quiet = tokio::time::timeout(Duration::from_millis(500), watcher.event()).await;
+        assert!(quiet.is_err(), "a read was taken for a change");
+        std::fs::write(&path, "# v2\n").unwrap();
+        tokio::time::timeout(Duration::from_secs(10), watcher.event())
+            .await
+            .expect("a write is a change");
     }
 }
