@@ -310,12 +310,15 @@ fn measure(n: usize, args: &Args) -> Row {
     row.cold_start = started.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_secs(5));
     row.reloads_first_batch = reloads.load(Ordering::SeqCst);
+    // Let the blocking-pool threads of the cold start retire (10 s keep-alive),
+    // so the idle window sees only what idles.
+    std::thread::sleep(Duration::from_secs(8));
     let pid = daemon.0.id();
     let (cpu0, wake0) = (cpu_seconds(pid), wakeups(pid));
     std::thread::sleep(Duration::from_secs(args.idle));
     let (cpu1, wake1) = (cpu_seconds(pid), wakeups(pid));
     row.idle_cpu_pct = (cpu1 - cpu0) / args.idle as f64 * 100.0;
-    row.idle_wakeups_per_s = (wake1 - wake0) as f64 / args.idle as f64;
+    row.idle_wakeups_per_s = wake1.saturating_sub(wake0) as f64 / args.idle as f64;
 
     // Config edit → new cluster's token on disk.
     let mut samples = Vec::new();
@@ -461,7 +464,7 @@ fn main() {
     for &n in &args.clusters {
         let row = measure(n, &args);
         println!(
-            "| {} | {:.2} | {} | {:.3} | {:.1} | {:.0} | {:.3} | {:.0}× | {:.1} | {:.0} |",
+            "| {} | {:.2} | {} | {:.3} | {:.2} | {:.1} | {:.3} | {:.0}× | {:.1} | {:.0} |",
             row.n,
             row.cold_start,
             row.reloads_first_batch,

@@ -542,7 +542,7 @@ impl Daemon {
 
     fn report_health(&mut self) {
         let state = self.supervisor.state();
-        if !self.ready && state.clusters().iter().all(|c| c.settled) {
+        if !self.ready && state.all_settled() {
             self.ready = true;
             let line = summary(state);
             info!(status = %line, "ready");

@@ -170,6 +170,11 @@ pub fn main() -> ExitCode {
 fn runtime() -> Result<tokio::runtime::Runtime, u8> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // Token writes (fsync) run on blocking threads; 16 overlap plenty of
+        // fsyncs, while tokio's default of 512 lets a cold start of thousands
+        // of clusters spawn hundreds of threads, each with its own stack and
+        // malloc arena (peak RSS).
+        .max_blocking_threads(16)
         .build()
         .map_err(|e| {
             eprintln!("mcprom: cannot start the async runtime: {e}");

@@ -141,7 +141,10 @@ impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
                 Some(Command::RotateNow(tx)) = self.commands.recv() => reply = Some(tx),
             }
 
-            let Some(outcome) = self.attempt().await else {
+            // Boxed: the request future is large (kube client, TLS); an idle
+            // rotator, which is most of them most of the time, should not
+            // carry its space in its own state.
+            let Some(outcome) = Box::pin(self.attempt()).await else {
                 break; // cancelled while waiting or requesting
             };
             match outcome {

@@ -122,6 +122,10 @@ impl Default for ConfigStatus {
 #[derive(Debug)]
 pub struct State {
     clusters: Mutex<BTreeMap<String, ClusterStatus>>,
+    /// How many clusters have not `settled` yet, kept in step by
+    /// insert/remove/update so readiness is O(1) (start-up with 10,000
+    /// clusters changes the state tens of thousands of times).
+    unsettled: std::sync::atomic::AtomicUsize,
     reloads: Mutex<ReloadStatus>,
     config: Mutex<ConfigStatus>,
     changed: watch::Sender<u64>,
@@ -131,6 +135,7 @@ impl Default for State {
     fn default() -> Self {
         State {
             clusters: Mutex::default(),
+            unsettled: std::sync::atomic::AtomicUsize::new(0),
             reloads: Mutex::default(),
             config: Mutex::default(),
             changed: watch::Sender::new(0),
@@ -141,22 +146,54 @@ impl Default for State {
 impl State {
     /// Register a cluster (replacing any previous status of that name).
     pub fn insert(&self, status: ClusterStatus) {
-        self.lock().insert(status.name.clone(), status);
+        {
+            let mut clusters = self.lock();
+            let arriving = status.settled;
+            let old = clusters.insert(status.name.clone(), status);
+            self.count_settled(old.map(|o| o.settled), Some(arriving));
+        }
         self.bump();
     }
 
     /// Forget a cluster.
     pub fn remove(&self, name: &str) {
-        self.lock().remove(name);
+        {
+            let mut clusters = self.lock();
+            let old = clusters.remove(name);
+            self.count_settled(old.map(|o| o.settled), None);
+        }
         self.bump();
     }
 
     /// Change one cluster's status.
     pub fn update(&self, name: &str, f: impl FnOnce(&mut ClusterStatus)) {
-        if let Some(status) = self.lock().get_mut(name) {
-            f(status);
+        {
+            let mut clusters = self.lock();
+            if let Some(status) = clusters.get_mut(name) {
+                let before = status.settled;
+                f(status);
+                let after = status.settled;
+                self.count_settled(Some(before), Some(after));
+            }
         }
         self.bump();
+    }
+
+    /// Whether every cluster has settled (a token, or a first error).
+    pub fn all_settled(&self) -> bool {
+        self.unsettled.load(std::sync::atomic::Ordering::SeqCst) == 0
+    }
+
+    /// Move the unsettled count from `before` (a status leaving) to `after`
+    /// (a status arriving). Called with the map locked.
+    fn count_settled(&self, before: Option<bool>, after: Option<bool>) {
+        use std::sync::atomic::Ordering::SeqCst;
+        if before == Some(false) {
+            self.unsettled.fetch_sub(1, SeqCst);
+        }
+        if after == Some(false) {
+            self.unsettled.fetch_add(1, SeqCst);
+        }
     }
 
     /// A copy of every cluster's status, by name.
@@ -216,5 +253,34 @@ impl State {
 
     fn bump(&self) {
         self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_counts_unsettled_clusters_through_every_change() {
+        let state = State::default();
+        assert!(state.all_settled());
+        state.insert(ClusterStatus::new("a", "ns/sa".into(), "/a".into()));
+        state.insert(ClusterStatus::new("b", "ns/sa".into(), "/b".into()));
+        assert!(!state.all_settled());
+        state.update("a", |s| s.settled = true);
+        state.update("a", |s| s.settled = true);
+        assert!(!state.all_settled());
+        state.insert(ClusterStatus::new("b", "ns/sa".into(), "/b".into()));
+        assert!(!state.all_settled(), "replacing b keeps one unsettled");
+        state.remove("b");
+        assert!(state.all_settled());
+        state.insert(ClusterStatus::new("a", "ns/sa".into(), "/a".into()));
+        assert!(
+            !state.all_settled(),
+            "a restarted cluster is unsettled again"
+        );
+        state.update("missing", |s| s.settled = true);
+        state.update("a", |s| s.settled = true);
+        assert!(state.all_settled());
     }
 }
