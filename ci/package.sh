@@ -49,9 +49,10 @@ section "build"
 if dpkg-query -W mcprom >/dev/null 2>&1; then
     dpkg --purge mcprom
 fi
-rm -f target/debian/mcprom_*.deb
+target_dir=${CARGO_TARGET_DIR:-target}
+rm -f "$target_dir"/debian/mcprom_*.deb
 cargo deb --locked
-deb=$(ls target/debian/mcprom_*.deb)
+deb=$(ls "$target_dir"/debian/mcprom_*.deb)
 [ "$(wc -l <<<"$deb")" = 1 ] || fail "expected one .deb, got: $deb"
 dpkg-deb --info "$deb"
 dpkg-deb --contents "$deb"
