@@ -234,20 +234,28 @@ impl Reloader {
             return Ok(());
         }
         let body = response.text().await.unwrap_or_default();
-        let body = body.trim();
-        let body: String = body.chars().take(1000).collect();
-        Err(match status.as_u16() {
-            401 => ReloadError::Unauthorized,
-            403 => ReloadError::LifecycleDisabled(if body.is_empty() {
-                "Forbidden".into()
-            } else {
-                body
-            }),
-            405 => ReloadError::MethodNotAllowed(self.base()),
-            500 => ReloadError::PrometheusConfig(body),
-            code => ReloadError::Other(format!("Prometheus answered {code}: {body}")),
-        })
+        reload_outcome(status.as_u16(), &body, &self.base())
     }
+}
+
+/// What an answer to `POST /-/reload` from the Prometheus at `base` means:
+/// 2xx is success; every failure gets the error that says what to do.
+pub fn reload_outcome(status: u16, body: &str, base: &str) -> Result<(), ReloadError> {
+    if (200..300).contains(&status) {
+        return Ok(());
+    }
+    let body: String = body.trim().chars().take(1000).collect();
+    Err(match status {
+        401 => ReloadError::Unauthorized,
+        403 => ReloadError::LifecycleDisabled(if body.is_empty() {
+            "Forbidden".into()
+        } else {
+            body
+        }),
+        405 => ReloadError::MethodNotAllowed(base.to_owned()),
+        500 => ReloadError::PrometheusConfig(body),
+        code => ReloadError::Other(format!("Prometheus answered {code}: {body}")),
+    })
 }
 
 /// Delay after the `failures`-th failed reload in a row.
