@@ -7,7 +7,7 @@
 //! restart, and 10,000 idle clusters pin no connections or TLS state.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{Request, StatusCode};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
@@ -452,7 +452,6 @@ impl KubeIssuer {
             .body(kube::client::Body::from(body))
             .map_err(|e| IssueError::Config(e.to_string()))?;
         let sent = SystemTime::now();
-        let started = Instant::now();
         let exchange = async {
             let response = client
                 .send(http_request)
@@ -474,7 +473,7 @@ impl KubeIssuer {
                 };
                 issued
             }),
-            Err(_) => Err(IssueError::Timeout(started.elapsed())),
+            Err(_) => Err(IssueError::Timeout(self.timeout)),
         }
     }
 }
