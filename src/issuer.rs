@@ -302,9 +302,20 @@ pub fn chain(error: &dyn std::error::Error) -> String {
 }
 
 fn classify_transport(error: &kube::Error) -> IssueError {
-    let text = chain(error);
+    classify_transport_text(chain(error))
+}
+
+/// A transport failure by its text. Only certificate problems and TLS
+/// alerts are TLS failures: a connection the server drops mid-request
+/// ("peer closed connection without sending TLS close_notify") is the
+/// server going away, not a verification failure.
+fn classify_transport_text(text: String) -> IssueError {
     let lower = text.to_ascii_lowercase();
-    if lower.contains("certificate") || lower.contains("unknownissuer") || lower.contains("tls") {
+    if lower.contains("certificate")
+        || lower.contains("unknownissuer")
+        || lower.contains("unknownca")
+        || lower.contains("fatal alert")
+    {
         IssueError::Tls(text)
     } else if lower.contains("timed out") || lower.contains("timeout") {
         IssueError::Unreachable(format!("timed out: {text}"))
@@ -522,6 +533,19 @@ mod tests {
             .unwrap_err();
             assert_eq!(e.metric_label(), label, "{code}");
         }
+    }
+
+    #[test]
+    fn a_dropped_connection_is_unreachable_and_a_bad_certificate_is_tls() {
+        let reset = "ServiceError: client error (SendRequest): connection error: peer closed connection without sending TLS close_notify: https://docs.rs/rustls/latest/rustls/manual/_03_howto/index.html#unexpected-eof";
+        assert_eq!(
+            classify_transport_text(reset.into()).metric_label(),
+            "unreachable"
+        );
+        let ca = "ServiceError: client error (Connect): invalid peer certificate: UnknownIssuer";
+        assert_eq!(classify_transport_text(ca.into()).metric_label(), "tls");
+        let alert = "client error (Connect): received fatal alert: BadCertificate";
+        assert_eq!(classify_transport_text(alert.into()).metric_label(), "tls");
     }
 
     #[test]
