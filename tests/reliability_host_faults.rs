@@ -19,7 +19,6 @@ mod common;
 #[path = "common/reliability.rs"]
 mod reliability;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -131,7 +130,7 @@ async fn lifecycle_disabled_403_says_how_to_enable_it_and_retries_slowly() {
         // on the same port: the config names it).
         let port = prom.port;
         drop(prom);
-        let prom = restart_prometheus_on(&work.path().join("prom"), port, true);
+        let prom = Prometheus::start_on(&work.path().join("prom"), &minimal_prometheus_yml(), true, port);
         prom.ready().await;
         eventually(Duration::from_secs(360), "the slow retry succeeds", || async {
             (reloads(&rig, "success").await >= 1.0).then_some(())
@@ -139,27 +138,6 @@ async fn lifecycle_disabled_403_says_how_to_enable_it_and_retries_slowly() {
         .await;
     } else {
         eprintln!("note: recovery after the 5-minute retry is checked with MCPROM_LONG=1");
-    }
-}
-
-fn restart_prometheus_on(dir: &Path, port: u16, lifecycle: bool) -> Prometheus {
-    let mut cmd = std::process::Command::new(PROMETHEUS);
-    cmd.arg(format!(
-        "--config.file={}",
-        dir.join("prometheus.yml").display()
-    ))
-    .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
-    .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-    .arg("--log.level=warn")
-    .stdout(std::process::Stdio::null())
-    .stderr(std::process::Stdio::null());
-    if lifecycle {
-        cmd.arg("--web.enable-lifecycle");
-    }
-    Prometheus {
-        child: cmd.spawn().expect("start prometheus"),
-        port,
-        dir: dir.to_owned(),
     }
 }
 

@@ -478,16 +478,22 @@ pub struct Prometheus {
 }
 
 impl Prometheus {
-    /// Start `prometheus` with `config` (YAML text) in `dir`; `lifecycle`
-    /// adds `--web.enable-lifecycle`. Fails the test if it is not installed.
+    /// Start `prometheus` with `config` (YAML text) in `dir` on a free
+    /// port; `lifecycle` adds `--web.enable-lifecycle`. Fails the test if
+    /// it is not installed.
     pub fn start(dir: &Path, config: &str, lifecycle: bool) -> Prometheus {
+        Prometheus::start_on(dir, config, lifecycle, free_port())
+    }
+
+    /// Like [`Prometheus::start`] on a given port (a restart, or a config
+    /// that names its own address).
+    pub fn start_on(dir: &Path, config: &str, lifecycle: bool, port: u16) -> Prometheus {
         assert!(
             Path::new(PROMETHEUS).is_file(),
             "{PROMETHEUS} is missing: install Debian's prometheus package (apt-get install prometheus)"
         );
         std::fs::create_dir_all(dir).unwrap();
         std::fs::write(dir.join("prometheus.yml"), config).unwrap();
-        let port = free_port();
         let mut cmd = Command::new(PROMETHEUS);
         cmd.arg(format!(
             "--config.file={}",
