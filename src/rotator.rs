@@ -71,7 +71,9 @@ impl Held {
             Some(until) => until.checked_duration_since(Instant::now()),
             None => return wall,
         };
-        wall.zip(mono).map(|(w, m)| w.min(m)).filter(|d| !d.is_zero())
+        wall.zip(mono)
+            .map(|(w, m)| w.min(m))
+            .filter(|d| !d.is_zero())
     }
 }
 
