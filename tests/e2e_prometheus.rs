@@ -50,7 +50,11 @@ fn prometheus_yml(rig_work: &std::path::Path, sim: &Sim, prom_port: u16) -> Stri
 }
 
 /// Raw samples of `up` per job over the last `range` at `at` (Unix s).
-async fn up_samples(prom: &Prometheus, range: Duration, at: f64) -> BTreeMap<String, Vec<(f64, String)>> {
+async fn up_samples(
+    prom: &Prometheus,
+    range: Duration,
+    at: f64,
+) -> BTreeMap<String, Vec<(f64, String)>> {
     let data = prom
         .query(&format!("up[{}s] @ {at:.3}", range.as_secs()))
         .await;
@@ -132,15 +136,21 @@ async fn prometheus_scrapes_every_cluster_without_a_failure_through_rotations_an
     let first: Vec<String> = CLUSTERS.iter().map(|c| rig.token(c)).collect();
 
     // From the first successful scrape of every cluster on, count samples.
-    let began = eventually(Duration::from_secs(60), "up == 1 for every cluster", || async {
-        let data = prom.query("up").await;
-        let ok = CLUSTERS.iter().all(|c| {
-            data["result"].as_array().unwrap().iter().any(|s| {
-                s["metric"]["job"] == *c && s["value"][1] == "1"
-            })
-        });
-        ok.then(unix_now)
-    })
+    let began = eventually(
+        Duration::from_secs(60),
+        "up == 1 for every cluster",
+        || async {
+            let data = prom.query("up").await;
+            let ok = CLUSTERS.iter().all(|c| {
+                data["result"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|s| s["metric"]["job"] == *c && s["value"][1] == "1")
+            });
+            ok.then(unix_now)
+        },
+    )
     .await;
     let started = Instant::now();
 
@@ -169,11 +179,17 @@ async fn prometheus_scrapes_every_cluster_without_a_failure_through_rotations_an
     let samples = up_samples(&prom, span, ended).await;
     let mut counts = BTreeMap::new();
     for c in CLUSTERS {
-        let values = samples.get(c).unwrap_or_else(|| panic!("no samples for {c}"));
+        let values = samples
+            .get(c)
+            .unwrap_or_else(|| panic!("no samples for {c}"));
         let failed: Vec<&(f64, String)> = values.iter().filter(|(_, v)| v != "1").collect();
         if !failed.is_empty() {
             let targets = prom.query("up == 0").await;
-            panic!("{c}: {} of {} scrapes failed at {failed:?}; {targets}", failed.len(), values.len());
+            panic!(
+                "{c}: {} of {} scrapes failed at {failed:?}; {targets}",
+                failed.len(),
+                values.len()
+            );
         }
         // One sample per 2 s, allowing for a loaded machine.
         assert!(
@@ -194,7 +210,10 @@ async fn prometheus_scrapes_every_cluster_without_a_failure_through_rotations_an
 
     // 2. Old tokens expired and are refused (leeway 0).
     for (i, c) in CLUSTERS.iter().enumerate() {
-        assert!(!rig.sim.accepts(c, &first[i]).await, "{c}: the first token is refused after its exp");
+        assert!(
+            !rig.sim.accepts(c, &first[i]).await,
+            "{c}: the first token is refused after its exp"
+        );
     }
 
     // 3. Reloads: Prometheus saw as many as mcprom made, one per batch.
@@ -236,7 +255,10 @@ async fn prometheus_scrapes_every_cluster_without_a_failure_through_rotations_an
         rotations.len()
     );
     assert_eq!(failed, 0.0, "no reload failed");
-    assert!(last_reload >= began - 1.0, "prometheus_config_last_reload_success_timestamp_seconds advanced");
+    assert!(
+        last_reload >= began - 1.0,
+        "prometheus_config_last_reload_success_timestamp_seconds advanced"
+    );
     // changes() cannot see a reload made before Prometheus first scraped itself.
     assert!(
         (seen_by_prometheus - made).abs() <= 1.0,

@@ -118,17 +118,73 @@ fn mutated(seeds: Vec<Vec<u8>>, words: &'static [&'static str]) -> impl Strategy
 // ---------------------------------------------------------------- config
 
 const CONFIG_WORDS: &[&str] = &[
-    "[prometheus]\n", "[defaults]\n", "[metrics]\n", "[control]\n", "[limits]\n", "[[cluster]]\n",
-    "[cluster.credentials]\n", "name = \"x\"\n", "url = ", "reload = \"never\"\n", "timeout = ",
-    "delay = ", "token_dir = ", "expiration = ", "refresh_at = ", "file_mode = ", "file_group = ",
-    "listen = ", "socket = ", "concurrent_requests = ", "api_server = ", "ca_file = ",
-    "service_account = ", "token_file = ", "audiences = ", "kubeconfig = ", "context = ",
-    "client_cert = ", "client_key = ", "self = true\n", "insecure_skip_tls_verify = true\n",
-    "\"1h\"", "\"0s\"", "\"1ms\"", "\"99999999999999999999h\"", "\"1h30m\"", "\"-1s\"", "0.8", "1e309",
-    "-0.0", "nan", "inf", "0", "18446744073709551616", "\"0777\"", "\"9999\"", "\"\"", "\"a/b\"",
-    "\"/\"", "\"../x\"", "\"https://[::1]:6443/p\"", "\"http://\"", "\"127.0.0.1:0\"", "[\"a\", 1]",
-    "{ a = 1 }", "'''\n'''", "\"\"\"\n\"\"\"", "\"\\u00e9\"", "é", "\u{0}", "\r\n", "#", "=",
-    "\"ü🦀\"", "\t", " ", "\n\n",
+    "[prometheus]\n",
+    "[defaults]\n",
+    "[metrics]\n",
+    "[control]\n",
+    "[limits]\n",
+    "[[cluster]]\n",
+    "[cluster.credentials]\n",
+    "name = \"x\"\n",
+    "url = ",
+    "reload = \"never\"\n",
+    "timeout = ",
+    "delay = ",
+    "token_dir = ",
+    "expiration = ",
+    "refresh_at = ",
+    "file_mode = ",
+    "file_group = ",
+    "listen = ",
+    "socket = ",
+    "concurrent_requests = ",
+    "api_server = ",
+    "ca_file = ",
+    "service_account = ",
+    "token_file = ",
+    "audiences = ",
+    "kubeconfig = ",
+    "context = ",
+    "client_cert = ",
+    "client_key = ",
+    "self = true\n",
+    "insecure_skip_tls_verify = true\n",
+    "\"1h\"",
+    "\"0s\"",
+    "\"1ms\"",
+    "\"99999999999999999999h\"",
+    "\"1h30m\"",
+    "\"-1s\"",
+    "0.8",
+    "1e309",
+    "-0.0",
+    "nan",
+    "inf",
+    "0",
+    "18446744073709551616",
+    "\"0777\"",
+    "\"9999\"",
+    "\"\"",
+    "\"a/b\"",
+    "\"/\"",
+    "\"../x\"",
+    "\"https://[::1]:6443/p\"",
+    "\"http://\"",
+    "\"127.0.0.1:0\"",
+    "[\"a\", 1]",
+    "{ a = 1 }",
+    "'''\n'''",
+    "\"\"\"\n\"\"\"",
+    "\"\\u00e9\"",
+    "é",
+    "\u{0}",
+    "\r\n",
+    "#",
+    "=",
+    "\"ü🦀\"",
+    "\t",
+    " ",
+    "\n\n",
 ];
 
 fn toml_value() -> impl Strategy<Value = String> {
@@ -137,18 +193,45 @@ fn toml_value() -> impl Strategy<Value = String> {
         any::<f64>().prop_map(|f| format!("{f:?}")),
         any::<bool>().prop_map(|b| b.to_string()),
         any::<String>().prop_map(|s| format!("{s:?}")),
-        (0u64..100_000, prop::sample::select(vec!["ms", "s", "m", "h", "d", "", "x"]))
+        (
+            0u64..100_000,
+            prop::sample::select(vec!["ms", "s", "m", "h", "d", "", "x"])
+        )
             .prop_map(|(n, u)| format!("\"{n}{u}\"")),
         prop::sample::select(CONFIG_WORDS.to_vec()).prop_map(str::to_owned),
     ]
 }
 
 const KEYS: &[&str] = &[
-    "name", "url", "reload", "timeout", "delay", "token_dir", "expiration", "refresh_at",
-    "file_mode", "file_group", "listen", "socket", "concurrent_requests", "api_server", "ca_file",
-    "service_account", "token_file", "audiences", "kubeconfig", "context", "client_cert",
-    "client_key", "self", "insecure_skip_tls_verify", "username", "password_file",
-    "bearer_token_file", "servce_account", "x",
+    "name",
+    "url",
+    "reload",
+    "timeout",
+    "delay",
+    "token_dir",
+    "expiration",
+    "refresh_at",
+    "file_mode",
+    "file_group",
+    "listen",
+    "socket",
+    "concurrent_requests",
+    "api_server",
+    "ca_file",
+    "service_account",
+    "token_file",
+    "audiences",
+    "kubeconfig",
+    "context",
+    "client_cert",
+    "client_key",
+    "self",
+    "insecure_skip_tls_verify",
+    "username",
+    "password_file",
+    "bearer_token_file",
+    "servce_account",
+    "x",
 ];
 
 /// A file built from the grammar: sections with key = value lines.
@@ -157,8 +240,15 @@ fn toml_document() -> impl Strategy<Value = String> {
         .prop_map(|(k, v)| format!("{k} = {v}\n"));
     let section = (
         prop::sample::select(vec![
-            "[prometheus]", "[defaults]", "[metrics]", "[control]", "[limits]", "[[cluster]]",
-            "[cluster.credentials]", "[other]", "",
+            "[prometheus]",
+            "[defaults]",
+            "[metrics]",
+            "[control]",
+            "[limits]",
+            "[[cluster]]",
+            "[cluster.credentials]",
+            "[other]",
+            "",
         ]),
         prop::collection::vec(line, 0..8),
     )
@@ -218,9 +308,21 @@ fn json_value() -> impl Strategy<Value = serde_json::Value> {
         any::<bool>().prop_map(Value::Bool),
         any::<i64>().prop_map(|n| json!(n)),
         any::<u64>().prop_map(|n| json!(n)),
-        any::<f64>().prop_filter("JSON has no NaN or infinity", |f| f.is_finite()).prop_map(|f| json!(f)),
-        prop::sample::select(vec![0.0, -0.0, 1e13, 1e13 - 1.0, 9.99e12, 1e300, -1.0, 0.5, 4_102_444_800.0])
+        any::<f64>()
+            .prop_filter("JSON has no NaN or infinity", |f| f.is_finite())
             .prop_map(|f| json!(f)),
+        prop::sample::select(vec![
+            0.0,
+            -0.0,
+            1e13,
+            1e13 - 1.0,
+            9.99e12,
+            1e300,
+            -1.0,
+            0.5,
+            4_102_444_800.0
+        ])
+        .prop_map(|f| json!(f)),
         any::<String>().prop_map(Value::String),
     ];
     leaf.prop_recursive(3, 16, 4, |inner| {
@@ -237,7 +339,8 @@ fn json_value() -> impl Strategy<Value = serde_json::Value> {
 fn claims_object() -> impl Strategy<Value = String> {
     let key = prop::sample::select(vec!["sub", "aud", "iat", "exp", "nbf", "iss", "x"]);
     prop::collection::btree_map(key, json_value(), 0..6).prop_map(|m| {
-        serde_json::Value::Object(m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()).to_string()
+        serde_json::Value::Object(m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+            .to_string()
     })
 }
 
@@ -246,12 +349,18 @@ fn jwt_like() -> impl Strategy<Value = String> {
     prop_oneof![
         (part.clone(), claims_object(), part.clone())
             .prop_map(|(h, c, s)| format!("{h}.{}.{s}", URL_SAFE_NO_PAD.encode(c))),
-        (part.clone(), prop::collection::vec(any::<u8>(), 0..200), part)
+        (
+            part.clone(),
+            prop::collection::vec(any::<u8>(), 0..200),
+            part
+        )
             .prop_map(|(h, p, s)| format!("{h}.{}.{s}", URL_SAFE_NO_PAD.encode(p))),
     ]
 }
 
-const JWT_WORDS: &[&str] = &[".", "..", "=", "+", "/", "-", "_", " ", "\n", "\u{0}", "é", "eyJ", "e30"];
+const JWT_WORDS: &[&str] = &[
+    ".", "..", "=", "+", "/", "-", "_", " ", "\n", "\u{0}", "é", "eyJ", "e30",
+];
 
 fn check_jwt(text: &str) {
     match mcprom::token::Token::new(text) {
@@ -309,8 +418,15 @@ fn header_value() -> impl Strategy<Value = Vec<u8>> {
         any::<u64>().prop_map(|n| n.to_string().into_bytes()),
         (0u64..1000).prop_map(|n| n.to_string().into_bytes()),
         prop::sample::select(vec![
-            "Sun, 06 Nov 1994 08:49:37 GMT", "Fri, 01 Jan 2100 00:00:00 GMT", "Mon, 32 Foo 2024 99:99:99 GMT",
-            "-1", "1.5", "", " 3 ", "18446744073709551616", "299 - \"requested expiration of 86400 seconds shortened to 3600 seconds\"",
+            "Sun, 06 Nov 1994 08:49:37 GMT",
+            "Fri, 01 Jan 2100 00:00:00 GMT",
+            "Mon, 32 Foo 2024 99:99:99 GMT",
+            "-1",
+            "1.5",
+            "",
+            " 3 ",
+            "18446744073709551616",
+            "299 - \"requested expiration of 86400 seconds shortened to 3600 seconds\"",
         ])
         .prop_map(|s| s.as_bytes().to_vec()),
         prop::collection::vec(any::<u8>(), 0..40),
@@ -334,14 +450,19 @@ fn token_body() -> impl Strategy<Value = Vec<u8>> {
         .to_string()
         .into_bytes()),
         json_value().prop_map(|v| v.to_string().into_bytes()),
-        mutated(corpus("token_response"), &["{", "}", "\"", ":", ",", "null", "[]", "\\u0000"]),
+        mutated(
+            corpus("token_response"),
+            &["{", "}", "\"", ":", ",", "null", "[]", "\\u0000"]
+        ),
         prop::collection::vec(any::<u8>(), 0..300),
     ]
 }
 
 fn status_code() -> impl Strategy<Value = u16> {
     prop_oneof![
-        prop::sample::select(vec![200u16, 201, 204, 400, 401, 403, 404, 409, 422, 429, 500, 502, 503, 504]),
+        prop::sample::select(vec![
+            200u16, 201, 204, 400, 401, 403, 404, 409, 422, 429, 500, 502, 503, 504
+        ]),
         100u16..1000,
     ]
 }
@@ -420,8 +541,13 @@ fn bytes_field(field: u64, b: &[u8], out: &mut Vec<u8>) {
 
 /// An unknown field of any wire type, to be skipped by the decoder.
 fn noise_field() -> impl Strategy<Value = Vec<u8>> {
-    (5u64..1000, 0u8..6, any::<u64>(), prop::collection::vec(any::<u8>(), 0..12)).prop_map(
-        |(n, wire, v, b)| {
+    (
+        5u64..1000,
+        0u8..6,
+        any::<u64>(),
+        prop::collection::vec(any::<u8>(), 0..12),
+    )
+        .prop_map(|(n, wire, v, b)| {
             let mut out = Vec::new();
             match wire {
                 0 => {
@@ -439,8 +565,7 @@ fn noise_field() -> impl Strategy<Value = Vec<u8>> {
                 _ => bytes_field(n, &b, &mut out),
             }
             out
-        },
-    )
+        })
 }
 
 /// A well-formed envelope carrying a TokenRequest, with unknown fields mixed in.

@@ -99,7 +99,12 @@ async fn prometheus_down_never_holds_up_rotation_and_reloads_resume_when_it_is_b
     // Backoff 1, 2, 4, 8 s…: at most 4 tries in 12 s, at least one.
     assert!((1..=5).contains(&failed), "bounded: {failed}");
     assert!(rig.daemon.log().contains("is it running?"));
-    let stub = PromStub::start_on(format!("127.0.0.1:{port}").parse().unwrap(), 200, Duration::ZERO).await;
+    let stub = PromStub::start_on(
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        200,
+        Duration::ZERO,
+    )
+    .await;
     eventually(RECOVERY, "a reload once Prometheus is back", || async {
         (stub.successes() >= 1 && reloads(&rig, "success").await >= 1.0).then_some(())
     })
@@ -122,19 +127,31 @@ async fn lifecycle_disabled_403_says_how_to_enable_it_and_retries_slowly() {
     let failed = reload_fails_visibly(&rig, "--web.enable-lifecycle", window).await;
     // The real Prometheus's answer is quoted.
     assert!(rig.daemon.log().contains("Lifecycle API is not enabled"));
-    eprintln!("figures: 403: {failed} further reload attempts in {window:?} with a rotation pending");
-    assert_eq!(failed, 0, "nothing changes until someone acts: next try in 5 min");
+    eprintln!(
+        "figures: 403: {failed} further reload attempts in {window:?} with a rotation pending"
+    );
+    assert_eq!(
+        failed, 0,
+        "nothing changes until someone acts: next try in 5 min"
+    );
     assert_eq!(reloads(&rig, "failure").await, 1.0);
     if long() {
         // The operator enables the lifecycle API (a restart of Prometheus
         // on the same port: the config names it).
         let port = prom.port;
         drop(prom);
-        let prom = Prometheus::start_on(&work.path().join("prom"), &minimal_prometheus_yml(), true, port);
+        let prom = Prometheus::start_on(
+            &work.path().join("prom"),
+            &minimal_prometheus_yml(),
+            true,
+            port,
+        );
         prom.ready().await;
-        eventually(Duration::from_secs(360), "the slow retry succeeds", || async {
-            (reloads(&rig, "success").await >= 1.0).then_some(())
-        })
+        eventually(
+            Duration::from_secs(360),
+            "the slow retry succeeds",
+            || async { (reloads(&rig, "success").await >= 1.0).then_some(()) },
+        )
         .await;
     } else {
         eprintln!("note: recovery after the 5-minute retry is checked with MCPROM_LONG=1");
@@ -148,14 +165,19 @@ async fn a_401_asks_for_web_credentials_and_retries_slowly() {
     rig.first_tokens(&["c1"]).await;
     let window = Duration::from_secs(10);
     let failed = reload_fails_visibly(&rig, "wants credentials", window).await;
-    eprintln!("figures: 401: {failed} further reload attempts in {window:?}; endpoint saw {}", stub.attempts());
+    eprintln!(
+        "figures: 401: {failed} further reload attempts in {window:?}; endpoint saw {}",
+        stub.attempts()
+    );
     assert_eq!(failed, 0, "next try in 5 min");
     assert_eq!(stub.attempts(), 1);
     if long() {
         stub.set(200, "");
-        eventually(Duration::from_secs(360), "the slow retry succeeds", || async {
-            (reloads(&rig, "success").await >= 1.0).then_some(())
-        })
+        eventually(
+            Duration::from_secs(360),
+            "the slow retry succeeds",
+            || async { (reloads(&rig, "success").await >= 1.0).then_some(()) },
+        )
         .await;
     } else {
         eprintln!("note: recovery after the 5-minute retry is checked with MCPROM_LONG=1");
@@ -230,13 +252,19 @@ async fn a_missing_token_directory_is_created_even_when_removed_while_running() 
         *t = t.replace(&configured, &format!("token_dir = \"{}\"", deep.display()));
     });
     let file = deep.join("c1.token");
-    eventually(Duration::from_secs(60), "the token in the created directory", || async {
-        file.exists().then_some(())
-    })
+    eventually(
+        Duration::from_secs(60),
+        "the token in the created directory",
+        || async { file.exists().then_some(()) },
+    )
     .await;
     std::fs::remove_dir_all(&deep).unwrap();
     let out = rig.rotate("c1").await;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let token = std::fs::read_to_string(&file).expect("recreated with the token");
     assert!(rig.sim.accepts("c1", &token).await);
 }
@@ -252,7 +280,10 @@ async fn write_fails_then_recovers(rig: &Rig, says: &str, clear: impl FnOnce()) 
     let elapsed = started.elapsed();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(out.status.code(), Some(1), "{text}");
-    assert!(text.contains("writing the token file failed") && text.contains(says), "{text}");
+    assert!(
+        text.contains("writing the token file failed") && text.contains(says),
+        "{text}"
+    );
     let requests = rig.token_requests("c1").await - before;
     eprintln!(
         "figures: write failure ({says}): {requests} attempts in {elapsed:.1?} ({:.0}/min)",
@@ -262,7 +293,10 @@ async fn write_fails_then_recovers(rig: &Rig, says: &str, clear: impl FnOnce()) 
     assert!(rig.refresh_errors("c1", "write_failed").await >= 2.0);
     let status = rig.status("c1");
     assert!(
-        status["last_error"].as_str().unwrap_or_default().contains(says),
+        status["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(says),
         "{status}"
     );
     assert!(
@@ -281,7 +315,10 @@ async fn write_fails_then_recovers(rig: &Rig, says: &str, clear: impl FnOnce()) 
             name.starts_with(".mcprom-tmp.").then_some(name)
         })
         .collect();
-    assert!(temps.is_empty(), "failed writes leave no temp file: {temps:?}");
+    assert!(
+        temps.is_empty(),
+        "failed writes leave no temp file: {temps:?}"
+    );
     clear();
     rig.recovers("c1", &old, RECOVERY).await;
 }
@@ -366,8 +403,13 @@ async fn a_config_file_deleted_while_running_keeps_the_last_good_config_rotating
     let window = Duration::from_secs(14);
     let rotations = keeps_rotating(&rig, window).await;
     let requests = rig.token_requests("c1").await - before;
-    eprintln!("figures: config deleted: {rotations} rotations, {requests} TokenRequests in {window:?}");
-    assert!(requests <= rotations as u64 + 1, "no extra requests: {requests}");
+    eprintln!(
+        "figures: config deleted: {rotations} rotations, {requests} TokenRequests in {window:?}"
+    );
+    assert!(
+        requests <= rotations as u64 + 1,
+        "no extra requests: {requests}"
+    );
     let log = rig.daemon.log();
     assert!(
         log.contains("cannot read the config file") && log.contains("keeping the last good config"),
@@ -382,9 +424,13 @@ async fn a_config_file_deleted_while_running_keeps_the_last_good_config_rotating
     assert_eq!(status["clusters"][0]["state"], "fresh", "{status}");
     // Put back (with an edit, as a restore from backup might differ).
     std::fs::write(&rig.config, format!("{text}\n# restored\n")).unwrap();
-    eventually(Duration::from_secs(30), "the restored config to be read", || async {
-        (rig.metric("mcprom_config_last_reload_successful").await == Some(1.0)).then_some(())
-    })
+    eventually(
+        Duration::from_secs(30),
+        "the restored config to be read",
+        || async {
+            (rig.metric("mcprom_config_last_reload_successful").await == Some(1.0)).then_some(())
+        },
+    )
     .await;
 }
 
@@ -393,17 +439,30 @@ async fn an_invalid_config_edit_is_refused_visibly_and_the_last_good_config_keep
     let rig = short_lived_rig();
     rig.first_tokens(&["c1"]).await;
     let text = std::fs::read_to_string(&rig.config).unwrap();
-    std::fs::write(&rig.config, text.replace("refresh_at = 0.5", "refresh_at = 5")).unwrap();
-    eventually(Duration::from_secs(30), "the invalid edit to be refused", || async {
-        (rig.metric("mcprom_config_last_reload_successful").await == Some(0.0)).then_some(())
-    })
+    std::fs::write(
+        &rig.config,
+        text.replace("refresh_at = 0.5", "refresh_at = 5"),
+    )
+    .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the invalid edit to be refused",
+        || async {
+            (rig.metric("mcprom_config_last_reload_successful").await == Some(0.0)).then_some(())
+        },
+    )
     .await;
     let before = rig.token_requests("c1").await;
     let window = Duration::from_secs(14);
     let rotations = keeps_rotating(&rig, window).await;
     let requests = rig.token_requests("c1").await - before;
-    eprintln!("figures: invalid config: {rotations} rotations, {requests} TokenRequests in {window:?}");
-    assert!(requests <= rotations as u64 + 1, "no extra requests: {requests}");
+    eprintln!(
+        "figures: invalid config: {rotations} rotations, {requests} TokenRequests in {window:?}"
+    );
+    assert!(
+        requests <= rotations as u64 + 1,
+        "no extra requests: {requests}"
+    );
     let log = rig.daemon.log();
     assert!(
         log.contains("configuration reload failed, keeping the last good config")
@@ -413,8 +472,10 @@ async fn an_invalid_config_edit_is_refused_visibly_and_the_last_good_config_keep
     // `mcprom reload` reports the error and exits 78.
     let out = mcprom_cli(&rig.config, &["reload"]);
     assert_eq!(out.status.code(), Some(78));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("refresh_at")
-        || String::from_utf8_lossy(&out.stdout).contains("refresh_at"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("refresh_at")
+            || String::from_utf8_lossy(&out.stdout).contains("refresh_at")
+    );
     let status = status_over_socket(&rig).await;
     assert_eq!(status["clusters"][0]["state"], "fresh", "{status}");
     std::fs::write(&rig.config, &text).unwrap();

@@ -85,9 +85,11 @@ async fn fails_visibly_and_boundedly(rig: &Rig, old: &str, seen: &Seen) {
     );
     let log = rig.daemon.log();
     assert!(
-        log.lines().any(|l| l.contains("token refresh failed; keeping the current token")
-            && l.contains(seen.reason)
-            && says_any(l, seen.says)),
+        log.lines().any(
+            |l| l.contains("token refresh failed; keeping the current token")
+                && l.contains(seen.reason)
+                && says_any(l, seen.says)
+        ),
         "a log line names the reason: {log}"
     );
     let counted = rig.refresh_errors("c1", seen.reason).await;
@@ -98,7 +100,10 @@ async fn fails_visibly_and_boundedly(rig: &Rig, old: &str, seen: &Seen) {
         "{status}"
     );
     let last_error = status["last_error"].as_str().unwrap_or_default();
-    assert!(says_any(last_error, seen.says), "status last_error: {status}");
+    assert!(
+        says_any(last_error, seen.says),
+        "status last_error: {status}"
+    );
 }
 
 async fn a_persistent_fault(fault: serde_json::Value, seen: Seen) {
@@ -226,7 +231,9 @@ async fn http_429_is_retried_no_sooner_than_retry_after() {
     let (arrivals, ()) = tokio::join!(watch, check_while_throttled);
     assert_eq!(arrivals.len(), 4, "three 429s, then the success");
     let gaps: Vec<Duration> = arrivals.windows(2).map(|w| w[1] - w[0]).collect();
-    eprintln!("figures: gaps between TokenRequests after 429 (Retry-After {RETRY_AFTER}s): {gaps:?}");
+    eprintln!(
+        "figures: gaps between TokenRequests after 429 (Retry-After {RETRY_AFTER}s): {gaps:?}"
+    );
     for gap in &gaps {
         // Arrival times are known to ±50 ms (polling) plus a stats round trip.
         assert!(
@@ -234,7 +241,10 @@ async fn http_429_is_retried_no_sooner_than_retry_after() {
             "retried before Retry-After: {gaps:?}"
         );
     }
-    assert!(rig.daemon.log().contains("reason=\"throttled\"") || rig.daemon.log().contains("reason=throttled"));
+    assert!(
+        rig.daemon.log().contains("reason=\"throttled\"")
+            || rig.daemon.log().contains("reason=throttled")
+    );
     assert!(rig.refresh_errors("c1", "throttled").await >= 3.0);
     rig.recovers("c1", &old, RECOVERY).await;
 }
@@ -325,9 +335,11 @@ async fn an_expired_issuer_credential_is_reported_and_a_renewed_one_is_picked_up
         .metric("mcprom_credential_expiry_timestamp_seconds{cluster=\"c1\"}")
         .await;
     assert_eq!(exported, Some(short_exp as f64));
-    eventually(Duration::from_secs(30), "the credential to expire", || async {
-        (now_unix() > short_exp).then_some(())
-    })
+    eventually(
+        Duration::from_secs(30),
+        "the credential to expire",
+        || async { (now_unix() > short_exp).then_some(()) },
+    )
     .await;
     let seen = Seen {
         reason: "unauthorized",
@@ -413,7 +425,8 @@ async fn a_server_shortened_lifetime_is_logged_once_and_followed() {
     assert!(rig.sim.accepts("c1", &rig.token("c1")).await);
     let log = rig.daemon.log();
     assert_eq!(
-        log.matches("granted a shorter lifetime than requested").count(),
+        log.matches("granted a shorter lifetime than requested")
+            .count(),
         1,
         "logged once: {log}"
     );
@@ -423,7 +436,10 @@ async fn a_server_shortened_lifetime_is_logged_once_and_followed() {
         .await;
     assert_eq!(failures, Some(0.0));
     assert_eq!(rig.status("c1")["state"], "fresh");
-    eprintln!("figures: shortened lifetime: {} tokens of 12 s", tokens.len());
+    eprintln!(
+        "figures: shortened lifetime: {} tokens of 12 s",
+        tokens.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -447,10 +463,12 @@ async fn a_deleted_service_account_kills_its_tokens_is_reported_plainly_and_reco
         says: &["every token issued for it stopped working too"],
     };
     fails_visibly_and_boundedly(&rig, &old, &seen).await;
-    assert!(rig.status("c1")["last_error"]
-        .as_str()
-        .unwrap()
-        .contains("recreate it and its RBAC"));
+    assert!(
+        rig.status("c1")["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("recreate it and its RBAC")
+    );
     rig.sim
         .control(
             reqwest::Method::POST,

@@ -70,9 +70,19 @@ impl World {
     /// enough for `attempts` attempts even if the rotator waited as long as
     /// its backoff contract allows (a quarter of the time left, at least
     /// 1 s, plus the request's latency) before each.
-    fn usable_stretch(&self, from: Duration, exp: Duration, attempts: usize) -> Option<(Duration, Duration)> {
+    fn usable_stretch(
+        &self,
+        from: Duration,
+        exp: Duration,
+        attempts: usize,
+    ) -> Option<(Duration, Duration)> {
         let mut starts = vec![from];
-        starts.extend(self.outages.iter().map(|o| o.1).filter(|e| *e > from && *e < exp));
+        starts.extend(
+            self.outages
+                .iter()
+                .map(|o| o.1)
+                .filter(|e| *e > from && *e < exp),
+        );
         for a in starts {
             if !self.reachable(a) {
                 continue;
@@ -148,7 +158,10 @@ impl Issuer for FakeIssuer {
         } else {
             "ok"
         };
-        w.call_times.lock().unwrap().push((called, w.now(), outcome));
+        w.call_times
+            .lock()
+            .unwrap()
+            .push((called, w.now(), outcome));
         if outcome == "outage" {
             w.outage_failures.fetch_add(1, Ordering::SeqCst);
             return Err(IssueError::Unreachable("simulated outage".into()));
@@ -220,7 +233,12 @@ fn cluster(name: &str, lifetime: Duration, refresh_at: f64) -> Arc<ClusterSettin
 
 /// Outages as a Poisson process (mean gap `mean_gap`), each up to a
 /// quarter of the lifetime.
-fn outages(rng: &mut StdRng, span: Duration, lifetime: Duration, mean_gap: Duration) -> Vec<(Duration, Duration)> {
+fn outages(
+    rng: &mut StdRng,
+    span: Duration,
+    lifetime: Duration,
+    mean_gap: Duration,
+) -> Vec<(Duration, Duration)> {
     let mut out = Vec::new();
     let mut t = Duration::ZERO;
     loop {
@@ -315,7 +333,9 @@ async fn month(name: &str, lifetime: Duration, refresh_at: f64, days: u32, seed:
         // The refresh starts on schedule: refresh_at × lifetime after the
         // request was sent (before `written`), minus at most the jitter.
         let planned = lifetime.mul_f64(refresh_at);
-        let jitter = (lifetime - planned).mul_f64(0.1).min(Duration::from_secs(60));
+        let jitter = (lifetime - planned)
+            .mul_f64(0.1)
+            .min(Duration::from_secs(60));
         let after = first - written;
         if after > planned + slack || after + jitter + slack < planned {
             violations.push(format!(
@@ -428,7 +448,10 @@ async fn run(name: &str, lifetime: Duration, refresh_at: f64) {
         "refreshes kept pace: {} of about {expected}",
         f.rotations
     );
-    assert!(f.random_failures > 0 && f.outage_failures > 0, "the faults happened");
+    assert!(
+        f.random_failures > 0 && f.outage_failures > 0,
+        "the faults happened"
+    );
 }
 
 #[tokio::test(start_paused = true)]

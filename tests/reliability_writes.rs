@@ -183,13 +183,21 @@ async fn no_reader_ever_sees_a_missing_empty_or_partial_token() {
     let tokens = report["tokens"].as_array().unwrap();
     eprintln!(
         "figures: torn reads: {rotations} rotations in {rotating:.1?}, {} reads by a separate process, {} distinct tokens seen; missing {} empty {} partial {}",
-        report["reads"], tokens.len(), report["missing"], report["empty"], report["partial"]
+        report["reads"],
+        tokens.len(),
+        report["missing"],
+        report["empty"],
+        report["partial"]
     );
     assert!(rotations >= 1000, "at least 1,000 rotations: {rotations}");
     assert_eq!(report["missing"], 0, "a token file was missing");
     assert_eq!(report["empty"], 0, "a token file was empty");
     assert_eq!(report["partial"], 0, "a token file was partial");
-    assert!(tokens.len() >= rotations / 2, "the reader kept up: {}", tokens.len());
+    assert!(
+        tokens.len() >= rotations / 2,
+        "the reader kept up: {}",
+        tokens.len()
+    );
     // Every distinct content the reader saw is a token the simulator issued
     // for that cluster (it still accepts it: 10-minute lifetimes, leeway 0),
     // and none was read after its exp.
@@ -199,7 +207,10 @@ async fn no_reader_ever_sees_a_missing_empty_or_partial_token() {
         let i = t["file"].as_u64().unwrap() as usize;
         let token = t["token"].as_str().unwrap();
         let exp_ms = claims(token)["exp"].as_u64().unwrap() * 1000;
-        assert!(t["last_ms"].as_u64().unwrap() < exp_ms, "read after its exp");
+        assert!(
+            t["last_ms"].as_u64().unwrap() < exp_ms,
+            "read after its exp"
+        );
         let code = scrape_status(&clients[i], &rig.sim.api_server(&names[i]), token).await;
         if code != 200 {
             not_accepted += 1;
@@ -227,7 +238,10 @@ async fn sigkill_during_rotations_leaves_complete_tokens_and_restarts_clean() {
     let socket = work.path().join("control.sock");
     let dir = work.path().join("tokens");
     let names: Vec<String> = (1..=CLUSTERS).map(|i| format!("c{i}")).collect();
-    let files: Vec<PathBuf> = names.iter().map(|n| dir.join(format!("{n}.token"))).collect();
+    let files: Vec<PathBuf> = names
+        .iter()
+        .map(|n| dir.join(format!("{n}.token")))
+        .collect();
 
     let start = || Daemon::start(&config, "info");
     let socket_up = |daemon: &mut Daemon| {
@@ -253,7 +267,10 @@ async fn sigkill_during_rotations_leaves_complete_tokens_and_restarts_clean() {
 
     let mut rng = rand::rng();
     let mut seen: BTreeMap<usize, BTreeSet<String>> = BTreeMap::new();
-    let mut previous: Vec<String> = files.iter().map(|f| std::fs::read_to_string(f).unwrap()).collect();
+    let mut previous: Vec<String> = files
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap())
+        .collect();
     let (mut with_temps, mut changed) = (0, 0);
     let started = Instant::now();
     for kill in 0..kills {
@@ -264,7 +281,10 @@ async fn sigkill_during_rotations_leaves_complete_tokens_and_restarts_clean() {
         // The new process removed whatever the killed one left behind
         // before serving the socket (and adopted the valid tokens).
         let stale = temp_files(&dir);
-        assert!(stale.is_empty(), "kill {kill}: temp files after restart: {stale:?}");
+        assert!(
+            stale.is_empty(),
+            "kill {kill}: temp files after restart: {stale:?}"
+        );
         let rotate = tokio::spawn({
             let socket = socket.clone();
             async move { control_call(&socket, &json!({"command": "rotate"})).await }
@@ -314,7 +334,10 @@ async fn sigkill_during_rotations_leaves_complete_tokens_and_restarts_clean() {
             );
         }
     }
-    assert!(changed >= kills / 4, "the kills landed during rotations: {changed} changes");
+    assert!(
+        changed >= kills / 4,
+        "the kills landed during rotations: {changed} changes"
+    );
     let (status, _) = daemon.terminate();
     assert!(status.success());
 }
@@ -356,7 +379,8 @@ fn strace_calls(output: &str) -> Vec<Call> {
 }
 
 fn result_fd(text: &str) -> Option<String> {
-    text.rsplit_once(" = ").map(|(_, r)| r.split(' ').next().unwrap_or("").to_owned())
+    text.rsplit_once(" = ")
+        .map(|(_, r)| r.split(' ').next().unwrap_or("").to_owned())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -420,20 +444,21 @@ async fn strace_shows_write_fsync_rename_then_directory_fsync() {
         c.text.starts_with("openat(") && c.text.contains(&temp_prefix)
     });
     let open_text = &calls[open].text;
-    assert!(open_text.contains("O_CREAT") && open_text.contains("O_EXCL"), "{open_text}");
+    assert!(
+        open_text.contains("O_CREAT") && open_text.contains("O_EXCL"),
+        "{open_text}"
+    );
     assert!(open_text.contains("0600"), "{open_text}");
     let fd = result_fd(open_text).unwrap();
     let tid = calls[open].tid.clone();
-    let temp_path = open_text
-        .split('"')
-        .nth(1)
-        .unwrap()
-        .to_owned();
+    let temp_path = open_text.split('"').nth(1).unwrap().to_owned();
     let write = index(open, "write of the token", &|c| {
         c.tid == tid && c.text.starts_with(&format!("write({fd},"))
     });
     let fsync = index(write, "fsync of the temp file", &|c| {
-        c.tid == tid && (c.text.starts_with(&format!("fsync({fd})")) || c.text.starts_with(&format!("fdatasync({fd})")))
+        c.tid == tid
+            && (c.text.starts_with(&format!("fsync({fd})"))
+                || c.text.starts_with(&format!("fdatasync({fd})")))
     });
     let rename = index(fsync, "rename onto the token file", &|c| {
         c.text.starts_with("rename")
@@ -450,8 +475,10 @@ async fn strace_shows_write_fsync_rename_then_directory_fsync() {
     // Nothing touches the token file itself between the temp file's
     // creation and the rename (no truncate-and-write).
     assert!(
-        !calls[open..rename].iter().any(|c| c.text.starts_with("openat(")
-            && c.text.contains(&format!("\"{}\"", target.display()))),
+        !calls[open..rename]
+            .iter()
+            .any(|c| c.text.starts_with("openat(")
+                && c.text.contains(&format!("\"{}\"", target.display()))),
         "the token file is never opened for writing"
     );
     eprintln!(
@@ -463,5 +490,11 @@ async fn strace_shows_write_fsync_rename_then_directory_fsync() {
         calls[dir_open].text,
         calls[dir_fsync].text
     );
-    assert!(open < write && write < fsync && fsync < rename && rename < dir_open && dir_open < dir_fsync);
+    assert!(
+        open < write
+            && write < fsync
+            && fsync < rename
+            && rename < dir_open
+            && dir_open < dir_fsync
+    );
 }

@@ -62,9 +62,7 @@ pub async fn control_call(socket: &Path, request: &Value) -> std::io::Result<Val
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     let stream = tokio::net::UnixStream::connect(socket).await?;
     let (read, mut write) = stream.into_split();
-    write
-        .write_all(format!("{request}\n").as_bytes())
-        .await?;
+    write.write_all(format!("{request}\n").as_bytes()).await?;
     let mut line = String::new();
     BufReader::new(read).read_line(&mut line).await?;
     serde_json::from_str(&line).map_err(std::io::Error::other)
@@ -99,9 +97,10 @@ impl Rig {
     ) -> Rig {
         let config = write_config(&sim, work.path(), conf, only);
         let metrics_port = free_port();
-        let mut text = std::fs::read_to_string(&config)
-            .unwrap()
-            .replace("listen = \"\"", &format!("listen = \"127.0.0.1:{metrics_port}\""));
+        let mut text = std::fs::read_to_string(&config).unwrap().replace(
+            "listen = \"\"",
+            &format!("listen = \"127.0.0.1:{metrics_port}\""),
+        );
         edit(&mut text);
         std::fs::write(&config, &text).unwrap();
         let daemon = Daemon::start(&config, "info");
@@ -295,7 +294,8 @@ impl PromStub {
                 let (s, d, b, a, k) = (s.clone(), d.clone(), b.clone(), a.clone(), k.clone());
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req: hyper::Request<_>| {
-                        let (s, d, b, a, k) = (s.clone(), d.clone(), b.clone(), a.clone(), k.clone());
+                        let (s, d, b, a, k) =
+                            (s.clone(), d.clone(), b.clone(), a.clone(), k.clone());
                         async move {
                             let (code, text) = match (req.method().as_str(), req.uri().path()) {
                                 ("POST", "/-/reload") => {
@@ -308,7 +308,9 @@ impl PromStub {
                                     }
                                     (code, b.lock().unwrap().clone())
                                 }
-                                ("GET", "/-/ready") => (200, "Prometheus Server is Ready.\n".into()),
+                                ("GET", "/-/ready") => {
+                                    (200, "Prometheus Server is Ready.\n".into())
+                                }
                                 _ => (404, "404 page not found\n".into()),
                             };
                             let mut resp = hyper::Response::new(Full::new(Bytes::from(text)));
@@ -419,10 +421,7 @@ impl Mount {
 
 impl Drop for Mount {
     fn drop(&mut self) {
-        let _ = Command::new("umount")
-            .arg("-l")
-            .arg(&self.target)
-            .status();
+        let _ = Command::new("umount").arg("-l").arg(&self.target).status();
     }
 }
 
@@ -499,7 +498,10 @@ impl Prometheus {
             "--config.file={}",
             dir.join("prometheus.yml").display()
         ))
-        .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("tsdb").display()
+        ))
         .arg(format!("--web.listen-address=127.0.0.1:{port}"))
         .arg("--log.level=warn")
         .stdout(Stdio::null())
