@@ -215,8 +215,17 @@ async fn prometheus_rejecting_its_own_config_500_is_quoted_retried_and_recovers_
         (reloads(&rig, "success").await >= 1.0).then_some(())
     })
     .await;
-    let ok = prom.query("prometheus_config_last_reload_successful").await;
-    assert_eq!(ok["result"][0]["value"][1], "1", "{ok}");
+    let own = reqwest::get(format!("{}/metrics", prom.url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        sample(&own, "prometheus_config_last_reload_successful"),
+        Some(1.0),
+        "Prometheus loaded the fixed config at mcprom's request"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

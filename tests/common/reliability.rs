@@ -487,6 +487,7 @@ impl Prometheus {
     /// Like [`Prometheus::start`] on a given port (a restart, or a config
     /// that names its own address).
     pub fn start_on(dir: &Path, config: &str, lifecycle: bool, port: u16) -> Prometheus {
+        init_crypto();
         assert!(
             Path::new(PROMETHEUS).is_file(),
             "{PROMETHEUS} is missing: install Debian's prometheus package (apt-get install prometheus)"
