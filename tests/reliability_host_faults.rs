@@ -75,11 +75,11 @@ async fn reload_fails_visibly(rig: &Rig, says: &str, window: Duration) -> usize 
     tokio::time::sleep(window).await;
     let failed = rig.daemon.count("prometheus reload failed") - at_start;
     let log = rig.daemon.log();
-    assert!(
-        log.lines()
-            .any(|l| l.contains("prometheus reload failed") && l.contains(says)),
-        "the log says {says:?}: {log}"
-    );
+    let line = log
+        .lines()
+        .find(|l| l.contains("prometheus reload failed") && l.contains(says))
+        .unwrap_or_else(|| panic!("the log says {says:?}: {log}"));
+    eprintln!("figures: log: {line}");
     assert_eq!(reloads(rig, "success").await, 0.0);
     failed
 }
@@ -308,14 +308,12 @@ async fn write_fails_then_recovers(rig: &Rig, says: &str, clear: impl FnOnce()) 
             .contains(says),
         "{status}"
     );
-    assert!(
-        rig.daemon
-            .log()
-            .lines()
-            .any(|l| l.contains("keeping the current token") && l.contains(says)),
-        "{}",
-        rig.daemon.log()
-    );
+    let log = rig.daemon.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("keeping the current token") && l.contains(says))
+        .unwrap_or_else(|| panic!("{log}"));
+    eprintln!("figures: log: {line}");
     let dir = rig.token_path("c1").parent().unwrap().to_owned();
     let temps: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()

@@ -84,14 +84,15 @@ async fn fails_visibly_and_boundedly(rig: &Rig, old: &str, seen: &Seen) {
         "bounded retries: {attempts} attempts, {requests} TokenRequests in {elapsed:?}"
     );
     let log = rig.daemon.log();
-    assert!(
-        log.lines().any(
-            |l| l.contains("token refresh failed; keeping the current token")
+    let line = log
+        .lines()
+        .find(|l| {
+            l.contains("token refresh failed; keeping the current token")
                 && l.contains(seen.reason)
                 && says_any(l, seen.says)
-        ),
-        "a log line names the reason: {log}"
-    );
+        })
+        .unwrap_or_else(|| panic!("a log line names the reason: {log}"));
+    eprintln!("figures: log: {line}");
     let counted = rig.refresh_errors("c1", seen.reason).await;
     assert!(counted >= 2.0, "metric reason={}: {counted}", seen.reason);
     let status = rig.status("c1");
