@@ -217,10 +217,19 @@ async fn prometheus_scrapes_every_cluster_without_a_failure_through_rotations_an
     }
 
     // 3. Reloads: Prometheus saw as many as mcprom made, one per batch.
-    let made = rig
-        .metric("mcprom_prometheus_reloads_total{result=\"success\"}")
-        .await
-        .unwrap();
+    // Read both sides once no reload has happened for 2.5 s (reloads are
+    // at least `delay` apart), so Prometheus has scraped its latest value.
+    let made = eventually(
+        Duration::from_secs(60),
+        "a quiet moment between reloads",
+        || async {
+            let series = "mcprom_prometheus_reloads_total{result=\"success\"}";
+            let before = rig.metric(series).await?;
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+            (rig.metric(series).await? == before).then_some(before)
+        },
+    )
+    .await;
     let failed = rig
         .metric("mcprom_prometheus_reloads_total{result=\"failure\"}")
         .await
@@ -228,7 +237,7 @@ async fn prometheus_scrapes_every_cluster_without_a_failure_through_rotations_an
     let prom_changes = prom
         .query(&format!(
             "changes(prometheus_config_last_reload_success_timestamp_seconds[{}s])",
-            (ended - began + 60.0) as u64
+            (unix_now() - began + 60.0) as u64
         ))
         .await;
     let seen_by_prometheus: f64 = prom_changes["result"][0]["value"][1]

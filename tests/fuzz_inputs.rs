@@ -619,11 +619,16 @@ proptest! {
         body.extend_from_slice(&bytes);
         let _ = mcprom::sim::proto::decode_token_request(&body);
         let _ = mcprom::sim::proto::decode_token_request_message(&bytes);
+        let _ = mcprom::sim::proto::decode_envelope(&body);
+        let _ = mcprom::sim::proto::decode_access_review_message(&bytes);
     }
 
     #[test]
     fn protobuf_decoder_never_panics_on_mutated_requests(bytes in mutated(corpus("proto"), &["\u{0}", "\u{80}", "\u{ff}", "k8s\u{0}"])) {
         let _ = mcprom::sim::proto::decode_token_request(&bytes);
+        if let Ok((_, _, raw)) = mcprom::sim::proto::decode_envelope(&bytes) {
+            let _ = mcprom::sim::proto::decode_access_review_message(raw);
+        }
     }
 
     #[test]

@@ -278,6 +278,17 @@ async fn a_missing_token_directory_is_created_even_when_removed_while_running() 
     assert!(rig.sim.accepts("c1", &token).await);
 }
 
+/// 40-second tokens refreshed at 90 %: the backoff cap (a quarter of the
+/// time left) stays under 10 s, so the retry after the cause is cleared
+/// comes within seconds.
+fn short_tokens() -> Conf {
+    Conf {
+        expiration: "40s",
+        refresh_at: 0.9,
+        ..Conf::default()
+    }
+}
+
 /// After a first token: the write fails, the token stays, it is visible
 /// (`write_failed`), retries are bounded, and clearing the cause recovers.
 async fn write_fails_then_recovers(rig: &Rig, says: &str, clear: impl FnOnce()) {
@@ -334,7 +345,7 @@ async fn write_fails_then_recovers(rig: &Rig, says: &str, clear: impl FnOnce()) 
 async fn a_read_only_token_directory_keeps_the_token_and_recovers_when_writable() {
     // As root, chmod 0555 does not stop writes; a read-only bind mount does.
     require_root("a read-only token directory");
-    let rig = Rig::start(SIM_ARGS, &Conf::default(), Some(&["c1"]));
+    let rig = Rig::start(SIM_ARGS, &short_tokens(), Some(&["c1"]));
     rig.first_tokens(&["c1"]).await;
     let dir = rig.token_path("c1").parent().unwrap().to_owned();
     let mount = Mount::read_only(&dir);
@@ -348,7 +359,7 @@ async fn a_full_filesystem_keeps_the_complete_old_token_and_recovers_when_space_
     let work = tempfile::tempdir().unwrap();
     let dir = work.path().join("tokens");
     let _mount = Mount::tmpfs(&dir, "64k");
-    let rig = Rig::start_with(sim, work, &Conf::default(), Some(&["c1"]), |_| {});
+    let rig = Rig::start_with(sim, work, &short_tokens(), Some(&["c1"]), |_| {});
     rig.first_tokens(&["c1"]).await;
     // Fill what is left.
     let filler = dir.join("filler");

@@ -7,9 +7,11 @@
 //! simulator); and once the fault goes away a new token arrives without
 //! anyone acting on mcprom. Figures are printed with `--nocapture`.
 //!
-//! Tokens live 1 h here (the backoff is then purely exponential from 1 s)
-//! and `mcprom rotate` starts the failing refresh, so nothing waits for a
-//! natural refresh.
+//! `mcprom rotate` starts the failing refresh, so nothing waits for a
+//! natural one. Tokens live 40 s and are due at 90 %: the backoff (1 s,
+//! 2 s, 4 s … with full jitter) is then capped by a quarter of the time
+//! left, under 10 s, so the retry after a fault clears comes within
+//! seconds, not after an exponential delay of minutes.
 
 mod common;
 #[path = "common/reliability.rs"]
@@ -28,6 +30,15 @@ const WINDOW: Duration = Duration::from_secs(10);
 /// more than 12 has a probability below 1e-8.
 const MAX_REQUESTS: u64 = 12;
 const RECOVERY: Duration = Duration::from_secs(90);
+
+/// 40-second tokens refreshed at 90 % (see the module docs).
+fn short_tokens() -> Conf {
+    Conf {
+        expiration: "40s",
+        refresh_at: 0.9,
+        ..Conf::default()
+    }
+}
 
 /// What a failure must look like.
 struct Seen {
@@ -108,7 +119,7 @@ async fn fails_visibly_and_boundedly(rig: &Rig, old: &str, seen: &Seen) {
 }
 
 async fn a_persistent_fault(fault: serde_json::Value, seen: Seen) {
-    let (rig, old) = rig_with_a_token(SIM_ARGS, &Conf::default()).await;
+    let (rig, old) = rig_with_a_token(SIM_ARGS, &short_tokens()).await;
     let mut fault = fault;
     fault["count"] = json!(1000);
     rig.fault("c1", fault).await;
@@ -167,7 +178,7 @@ async fn connection_resets_keep_the_token_retry_boundedly_and_recover() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_listener_gone_keeps_the_token_retries_boundedly_and_recovers_when_it_returns() {
-    let (rig, old) = rig_with_a_token(SIM_ARGS, &Conf::default()).await;
+    let (rig, old) = rig_with_a_token(SIM_ARGS, &short_tokens()).await;
     rig.sim
         .control(reqwest::Method::POST, "/clusters/c1/down", None)
         .await;
@@ -326,7 +337,7 @@ async fn an_expired_issuer_credential_is_reported_and_a_renewed_one_is_picked_up
             "c1".into(),
             format!("token_file = \"{}\"", credential.display()),
         )],
-        ..Conf::default()
+        ..short_tokens()
     };
     let rig = Rig::start_with(sim, work, &conf, Some(&["c1"]), |_| {});
     rig.first_tokens(&["c1"]).await;
@@ -368,7 +379,7 @@ async fn a_ca_that_does_not_match_fails_tls_keeps_the_token_and_recovers_when_fi
     std::fs::copy(sim.ca_file("c1"), &ca).unwrap();
     let conf = Conf {
         cluster_extra: vec![("c1".into(), format!("ca_file = \"{}\"", ca.display()))],
-        ..Conf::default()
+        ..short_tokens()
     };
     let rig = Rig::start_with(sim, work, &conf, Some(&["c1"]), |_| {});
     rig.first_tokens(&["c1"]).await;
@@ -446,7 +457,7 @@ async fn a_server_shortened_lifetime_is_logged_once_and_followed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_service_account_kills_its_tokens_is_reported_plainly_and_recovers_when_recreated()
  {
-    let (rig, old) = rig_with_a_token(SIM_ARGS, &Conf::default()).await;
+    let (rig, old) = rig_with_a_token(SIM_ARGS, &short_tokens()).await;
     rig.sim
         .control(
             reqwest::Method::DELETE,
