@@ -330,19 +330,22 @@ struct StatusBody {
 }
 
 fn status_message(body: &[u8], code: StatusCode) -> String {
-    serde_json::from_slice::<StatusBody>(body)
+    let message = serde_json::from_slice::<StatusBody>(body)
         .ok()
         .and_then(|s| s.message)
-        .unwrap_or_else(|| {
-            let text = String::from_utf8_lossy(&body[..body.len().min(512)])
-                .trim()
-                .to_owned();
-            if text.is_empty() {
-                code.canonical_reason().unwrap_or("no message").to_owned()
-            } else {
-                text
-            }
-        })
+        .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned());
+    let message = one_line(&message);
+    if message.is_empty() {
+        code.canonical_reason().unwrap_or("no message").to_owned()
+    } else {
+        message
+    }
+}
+
+/// A server's text on one line (runs of whitespace, line breaks included,
+/// become one space): a failure is one log line, whatever the server said.
+pub fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 fn parse_retry_after(value: Option<&http::HeaderValue>) -> Option<Duration> {

@@ -244,7 +244,7 @@ pub fn reload_outcome(status: u16, body: &str, base: &str) -> Result<(), ReloadE
     if (200..300).contains(&status) {
         return Ok(());
     }
-    let body: String = body.trim().chars().take(1000).collect();
+    let body: String = crate::issuer::one_line(body).chars().take(1000).collect();
     Err(match status {
         401 => ReloadError::Unauthorized,
         403 => ReloadError::LifecycleDisabled(if body.is_empty() {
@@ -332,5 +332,20 @@ pub async fn run(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_multi_line_answer_is_quoted_on_one_line() {
+        let body = "failed to reload config: couldn't load configuration: parsing YAML file p.yml: yaml: unmarshal errors:\n  line 3: field no_such_field not found in type config.ScrapeConfig\n";
+        let e = reload_outcome(500, body, "http://127.0.0.1:9090").unwrap_err();
+        let text = e.to_string();
+        assert!(!text.contains('\n'), "{text}");
+        assert!(text.contains("unmarshal errors: line 3: field no_such_field not found"), "{text}");
+        assert!(reload_outcome(204, "", "x").is_ok());
     }
 }
