@@ -499,6 +499,7 @@ proptest! {
                 prop_assert!(mcprom::metrics::REASONS.contains(&e.metric_label()), "{}", e.metric_label());
                 let message = e.to_string();
                 prop_assert!(!message.is_empty());
+                prop_assert!(!message.contains('\n'), "one log line: {:?}", message);
                 if let Some(after) = e.retry_after() {
                     prop_assert_eq!(code, 429);
                     let _ = mcprom::schedule::backoff(0, None, Some(after), 0.5);
@@ -518,6 +519,7 @@ proptest! {
         prop_assert_eq!(outcome.is_ok(), (200..300).contains(&code));
         if let Err(e) = outcome {
             let message = e.to_string();
+            prop_assert!(!message.contains('\n'), "one log line: {:?}", message);
             // The body is quoted at most 1,000 characters long.
             prop_assert!(message.chars().count() <= 1400, "{}", message.len());
             prop_assert_eq!(e.needs_operator(), matches!(code, 401 | 403 | 405));
