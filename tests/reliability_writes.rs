@@ -90,7 +90,7 @@ fn token_reader_process() {
         std::collections::HashMap::new();
     let mut round = 0u64;
     loop {
-        if round % 64 == 0 && stop.exists() {
+        if round.is_multiple_of(64) && stop.exists() {
             break;
         }
         round += 1;
