@@ -345,7 +345,10 @@ mod tests {
         let e = reload_outcome(500, body, "http://127.0.0.1:9090").unwrap_err();
         let text = e.to_string();
         assert!(!text.contains('\n'), "{text}");
-        assert!(text.contains("unmarshal errors: line 3: field no_such_field not found"), "{text}");
+        assert!(
+            text.contains("unmarshal errors: line 3: field no_such_field not found"),
+            "{text}"
+        );
         assert!(reload_outcome(204, "", "x").is_ok());
     }
 }
