@@ -430,9 +430,11 @@ impl Daemon {
                     self.path.display()
                 );
                 warn!("{message}");
-                if trigger == Trigger::Explicit {
-                    self.supervisor.state().config_loaded(Err(message.clone()));
-                }
+                // Visible in mcprom_config_last_reload_successful: the next
+                // start would fail. Whatever content comes back (even the
+                // same) is validated again and clears it.
+                self.supervisor.state().config_loaded(Err(message.clone()));
+                self.last_content = None;
                 return Err(message);
             }
         };

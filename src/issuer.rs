@@ -7,7 +7,7 @@
 //! restart, and 10,000 idle clusters pin no connections or TLS state.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{Request, StatusCode};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
@@ -302,9 +302,20 @@ pub fn chain(error: &dyn std::error::Error) -> String {
 }
 
 fn classify_transport(error: &kube::Error) -> IssueError {
-    let text = chain(error);
+    classify_transport_text(chain(error))
+}
+
+/// A transport failure by its text. Only certificate problems and TLS
+/// alerts are TLS failures: a connection the server drops mid-request
+/// ("peer closed connection without sending TLS close_notify") is the
+/// server going away, not a verification failure.
+fn classify_transport_text(text: String) -> IssueError {
     let lower = text.to_ascii_lowercase();
-    if lower.contains("certificate") || lower.contains("unknownissuer") || lower.contains("tls") {
+    if lower.contains("certificate")
+        || lower.contains("unknownissuer")
+        || lower.contains("unknownca")
+        || lower.contains("fatal alert")
+    {
         IssueError::Tls(text)
     } else if lower.contains("timed out") || lower.contains("timeout") {
         IssueError::Unreachable(format!("timed out: {text}"))
@@ -319,19 +330,22 @@ struct StatusBody {
 }
 
 fn status_message(body: &[u8], code: StatusCode) -> String {
-    serde_json::from_slice::<StatusBody>(body)
+    let message = serde_json::from_slice::<StatusBody>(body)
         .ok()
         .and_then(|s| s.message)
-        .unwrap_or_else(|| {
-            let text = String::from_utf8_lossy(&body[..body.len().min(512)])
-                .trim()
-                .to_owned();
-            if text.is_empty() {
-                code.canonical_reason().unwrap_or("no message").to_owned()
-            } else {
-                text
-            }
-        })
+        .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned());
+    let message = one_line(&message);
+    if message.is_empty() {
+        code.canonical_reason().unwrap_or("no message").to_owned()
+    } else {
+        message
+    }
+}
+
+/// A server's text on one line (runs of whitespace, line breaks included,
+/// become one space): a failure is one log line, whatever the server said.
+pub fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 fn parse_retry_after(value: Option<&http::HeaderValue>) -> Option<Duration> {
@@ -452,7 +466,6 @@ impl KubeIssuer {
             .body(kube::client::Body::from(body))
             .map_err(|e| IssueError::Config(e.to_string()))?;
         let sent = SystemTime::now();
-        let started = Instant::now();
         let exchange = async {
             let response = client
                 .send(http_request)
@@ -474,7 +487,7 @@ impl KubeIssuer {
                 };
                 issued
             }),
-            Err(_) => Err(IssueError::Timeout(started.elapsed())),
+            Err(_) => Err(IssueError::Timeout(self.timeout)),
         }
     }
 }
@@ -523,6 +536,19 @@ mod tests {
             .unwrap_err();
             assert_eq!(e.metric_label(), label, "{code}");
         }
+    }
+
+    #[test]
+    fn a_dropped_connection_is_unreachable_and_a_bad_certificate_is_tls() {
+        let reset = "ServiceError: client error (SendRequest): connection error: peer closed connection without sending TLS close_notify: https://docs.rs/rustls/latest/rustls/manual/_03_howto/index.html#unexpected-eof";
+        assert_eq!(
+            classify_transport_text(reset.into()).metric_label(),
+            "unreachable"
+        );
+        let ca = "ServiceError: client error (Connect): invalid peer certificate: UnknownIssuer";
+        assert_eq!(classify_transport_text(ca.into()).metric_label(), "tls");
+        let alert = "client error (Connect): received fatal alert: BadCertificate";
+        assert_eq!(classify_transport_text(alert.into()).metric_label(), "tls");
     }
 
     #[test]

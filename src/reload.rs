@@ -234,20 +234,28 @@ impl Reloader {
             return Ok(());
         }
         let body = response.text().await.unwrap_or_default();
-        let body = body.trim();
-        let body: String = body.chars().take(1000).collect();
-        Err(match status.as_u16() {
-            401 => ReloadError::Unauthorized,
-            403 => ReloadError::LifecycleDisabled(if body.is_empty() {
-                "Forbidden".into()
-            } else {
-                body
-            }),
-            405 => ReloadError::MethodNotAllowed(self.base()),
-            500 => ReloadError::PrometheusConfig(body),
-            code => ReloadError::Other(format!("Prometheus answered {code}: {body}")),
-        })
+        reload_outcome(status.as_u16(), &body, &self.base())
     }
+}
+
+/// What an answer to `POST /-/reload` from the Prometheus at `base` means:
+/// 2xx is success; every failure gets the error that says what to do.
+pub fn reload_outcome(status: u16, body: &str, base: &str) -> Result<(), ReloadError> {
+    if (200..300).contains(&status) {
+        return Ok(());
+    }
+    let body: String = crate::issuer::one_line(body).chars().take(1000).collect();
+    Err(match status {
+        401 => ReloadError::Unauthorized,
+        403 => ReloadError::LifecycleDisabled(if body.is_empty() {
+            "Forbidden".into()
+        } else {
+            body
+        }),
+        405 => ReloadError::MethodNotAllowed(base.to_owned()),
+        500 => ReloadError::PrometheusConfig(body),
+        code => ReloadError::Other(format!("Prometheus answered {code}: {body}")),
+    })
 }
 
 /// Delay after the `failures`-th failed reload in a row.
@@ -324,5 +332,23 @@ pub async fn run(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_multi_line_answer_is_quoted_on_one_line() {
+        let body = "failed to reload config: couldn't load configuration: parsing YAML file p.yml: yaml: unmarshal errors:\n  line 3: field no_such_field not found in type config.ScrapeConfig\n";
+        let e = reload_outcome(500, body, "http://127.0.0.1:9090").unwrap_err();
+        let text = e.to_string();
+        assert!(!text.contains('\n'), "{text}");
+        assert!(
+            text.contains("unmarshal errors: line 3: field no_such_field not found"),
+            "{text}"
+        );
+        assert!(reload_outcome(204, "", "x").is_ok());
     }
 }

@@ -55,6 +55,26 @@ impl AttemptError {
 #[derive(Debug, Clone, Copy)]
 struct Held {
     expires_at: SystemTime,
+    /// `request sent + granted lifetime` on the monotonic clock, for tokens
+    /// this loop obtained (not for adopted ones).
+    valid_until: Option<Instant>,
+}
+
+impl Held {
+    /// Time left before the token expires, `None` once it has: the earlier
+    /// of the wall-clock view (`exp − now`) and the monotonic one (`sent +
+    /// lifetime − now`). The monotonic view is immune to a skewed local
+    /// clock and is what paused-clock tests control.
+    fn time_left(&self) -> Option<Duration> {
+        let wall = self.expires_at.duration_since(SystemTime::now()).ok();
+        let mono = match self.valid_until {
+            Some(until) => until.checked_duration_since(Instant::now()),
+            None => return wall,
+        };
+        wall.zip(mono)
+            .map(|(w, m)| w.min(m))
+            .filter(|d| !d.is_zero())
+    }
 }
 
 /// A planned attempt, on both clocks: the monotonic one decides, the wall
@@ -168,7 +188,10 @@ impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
                     );
                     plan = Plan::from(sent, sent_wall, delay);
                     let expires_at = issued.claims.expiry();
-                    held = Some(Held { expires_at });
+                    held = Some(Held {
+                        expires_at,
+                        valid_until: Some(sent + issued.lifetime),
+                    });
                     let now = SystemTime::now();
                     self.state.update(&name, |s| {
                         s.state = Phase::Fresh;
@@ -193,8 +216,7 @@ impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
                     }
                 }
                 Err(error) => {
-                    let now = SystemTime::now();
-                    let time_left = held.and_then(|h| h.expires_at.duration_since(now).ok());
+                    let time_left = held.and_then(|h| h.time_left());
                     let delay =
                         schedule::backoff(attempt, time_left, retry_after(&error), rng.random());
                     attempt = attempt.saturating_add(1);
@@ -275,7 +297,13 @@ impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
             next_refresh_in = ?Duration::from_secs(delay.as_secs()),
             "adopted the valid token already on disk"
         );
-        Some((Held { expires_at }, Plan::in_(delay)))
+        Some((
+            Held {
+                expires_at,
+                valid_until: None,
+            },
+            Plan::in_(delay),
+        ))
     }
 
     /// One TokenRequest and write. `None` when cancelled before the write
@@ -575,6 +603,30 @@ mod tests {
         assert_eq!(h.calls.load(Ordering::SeqCst), 1);
         h.cancel.cancel();
         h.handle.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn time_left_is_the_earlier_of_the_wall_and_monotonic_views() {
+        let now = SystemTime::now();
+        let held = Held {
+            expires_at: now + Duration::from_secs(3600),
+            valid_until: Some(Instant::now() + Duration::from_secs(600)),
+        };
+        let left = held.time_left().unwrap();
+        assert!(left <= Duration::from_secs(600), "{left:?}");
+        // Paused time moves the monotonic clock only: the token runs out on it.
+        tokio::time::advance(Duration::from_secs(601)).await;
+        assert_eq!(held.time_left(), None);
+        let adopted = Held {
+            expires_at: now + Duration::from_secs(60),
+            valid_until: None,
+        };
+        assert!(adopted.time_left().unwrap() <= Duration::from_secs(60));
+        let expired = Held {
+            expires_at: now - Duration::from_secs(1),
+            valid_until: Some(Instant::now() + Duration::from_secs(60)),
+        };
+        assert_eq!(expired.time_left(), None);
     }
 
     #[test]

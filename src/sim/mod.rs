@@ -19,7 +19,7 @@ mod control;
 mod files;
 mod jwt;
 mod pki;
-mod proto;
+pub mod proto;
 mod rbac;
 mod review;
 mod secrets;
