@@ -146,12 +146,6 @@ impl KubeIssuer {
     pub fn new(cluster: Arc<ClusterSettings>, timeout: Duration) -> Self {
         KubeIssuer { cluster, timeout }
     }
-
-    /// A kube client configured from the cluster's settings (files read now).
-    pub async fn client(&self) -> Result<kube::Client, IssueError> {
-        let config = kube_config(&self.cluster, self.timeout).await?;
-        kube::Client::try_from(config).map_err(|e| IssueError::Config(chain(&e)))
-    }
 }
 
 /// Build the kube configuration for a cluster: credentials, `api_server`
