@@ -21,7 +21,7 @@ use crate::issuer::{KubeIssuer, REQUEST_TIMEOUT};
 use crate::metrics;
 use crate::notify;
 use crate::reload::{self, ReloadQueue, Reloader};
-use crate::rotator::{self, Command, Rotator};
+use crate::rotator::{self, RotateRequests, Rotator};
 use crate::sink::{self, DirLock, FileSink, LockError};
 use crate::state::{ClusterStatus, State};
 
@@ -41,7 +41,7 @@ pub enum StartError {
 struct RunningCluster {
     settings: Arc<ClusterSettings>,
     cancel: CancellationToken,
-    commands: mpsc::Sender<Command>,
+    commands: Arc<RotateRequests>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -126,7 +126,7 @@ impl Supervisor {
     }
 
     /// Ask one cluster's rotator to refresh now.
-    pub fn command(&self, cluster: &str) -> Option<mpsc::Sender<Command>> {
+    pub fn command(&self, cluster: &str) -> Option<Arc<RotateRequests>> {
         self.clusters.get(cluster).map(|c| c.commands.clone())
     }
 
@@ -204,7 +204,7 @@ impl Supervisor {
     }
 
     fn sync_clusters(&mut self, settings: &Settings) {
-        let wanted: BTreeMap<&str, &ClusterSettings> = settings
+        let wanted: BTreeMap<&str, &Arc<ClusterSettings>> = settings
             .clusters
             .iter()
             .map(|c| (c.name.as_str(), c))
@@ -228,7 +228,7 @@ impl Supervisor {
         }
         for (name, cluster) in wanted {
             match self.clusters.get(name) {
-                Some(running) if running.settings.as_ref() == cluster => continue,
+                Some(running) if running.settings == *cluster => continue,
                 Some(running) => {
                     running.cancel.cancel();
                     info!(cluster = %name, "cluster settings changed: restarting its rotation");
@@ -239,10 +239,11 @@ impl Supervisor {
         }
     }
 
-    fn spawn_cluster(&mut self, cluster: ClusterSettings) {
-        let cluster = Arc::new(cluster);
+    /// The rotator shares the settings' `Arc`: 10,000 clusters are not
+    /// held twice.
+    fn spawn_cluster(&mut self, cluster: Arc<ClusterSettings>) {
         let cancel = self.cancel.child_token();
-        let (commands_tx, commands) = mpsc::channel(4);
+        let commands = RotateRequests::new();
         self.state.insert(ClusterStatus::new(
             &cluster.name,
             cluster.service_account.to_string(),
@@ -259,7 +260,7 @@ impl Supervisor {
             state: self.state.clone(),
             limiter: self.limiter.clone(),
             clock_jumps: self.clock_jumps.clone(),
-            commands,
+            commands: commands.clone(),
             cancel: cancel.clone(),
             cluster: cluster.clone(),
         };
@@ -269,7 +270,7 @@ impl Supervisor {
             RunningCluster {
                 settings: cluster,
                 cancel,
-                commands: commands_tx,
+                commands,
                 task,
             },
         );
@@ -499,7 +500,7 @@ impl Daemon {
         } else {
             names
         };
-        let targets: Vec<(String, Option<mpsc::Sender<Command>>)> = names
+        let targets: Vec<(String, Option<Arc<RotateRequests>>)> = names
             .into_iter()
             .map(|n| {
                 let tx = self.supervisor.command(&n);
@@ -518,12 +519,10 @@ impl Daemon {
                     });
                     continue;
                 };
-                let (done_tx, done_rx) = oneshot::channel();
-                let sent = tx.send(Command::RotateNow(done_tx)).await.is_ok();
-                waiting.push((cluster, sent, done_rx));
+                waiting.push((cluster, tx.request()));
             }
-            for (cluster, sent, done_rx) in waiting {
-                let outcome = if sent {
+            for (cluster, done_rx) in waiting {
+                let outcome = if let Some(done_rx) = done_rx {
                     match tokio::time::timeout(ROTATE_TIMEOUT, done_rx).await {
                         Ok(Ok(outcome)) => outcome,
                         Ok(Err(_)) => Err("the cluster's rotation stopped".to_owned()),

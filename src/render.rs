@@ -55,7 +55,7 @@ pub fn select<'a>(
     name: Option<&str>,
 ) -> Result<Vec<&'a ClusterSettings>, RenderError> {
     let Some(name) = name else {
-        return Ok(settings.clusters.iter().collect());
+        return Ok(settings.clusters.iter().map(AsRef::as_ref).collect());
     };
     match settings.clusters.iter().find(|c| c.name == name) {
         Some(cluster) => Ok(vec![cluster]),

@@ -10,8 +10,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::time::Instant;
 
-use rand::{Rng, SeedableRng, rngs::StdRng};
-use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use rand::Rng;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
@@ -23,11 +23,63 @@ use crate::sink::{Sink, SinkError};
 use crate::state::{Phase, State};
 use crate::token::{Claims, IssuedToken};
 
-/// Requests from outside the loop (control socket).
+/// The outcome of a refresh asked for from outside the loop.
+pub type RotateReply = oneshot::Sender<Result<(), String>>;
+
+/// "Refresh now" requests for one cluster, from the control socket.
+///
+/// A mutex-guarded list and a `Notify` rather than a channel: every
+/// configured cluster has one, and a channel's buffers cost several hundred
+/// bytes per cluster at 10,000 clusters for something that is used by hand.
+/// Requests that arrive together are answered by the same refresh.
 #[derive(Debug)]
-pub enum Command {
-    /// Refresh now and report the outcome.
-    RotateNow(oneshot::Sender<Result<(), String>>),
+pub struct RotateRequests {
+    /// `None` once the rotator has stopped.
+    pending: std::sync::Mutex<Option<Vec<RotateReply>>>,
+    wake: Notify,
+}
+
+impl RotateRequests {
+    /// An open request list.
+    pub fn new() -> Arc<Self> {
+        Arc::new(RotateRequests {
+            pending: std::sync::Mutex::new(Some(Vec::new())),
+            wake: Notify::new(),
+        })
+    }
+
+    /// Ask for a refresh. `None` when the cluster's rotation has stopped.
+    pub fn request(&self) -> Option<oneshot::Receiver<Result<(), String>>> {
+        let (tx, rx) = oneshot::channel();
+        self.lock().as_mut()?.push(tx);
+        self.wake.notify_one();
+        Some(rx)
+    }
+
+    fn take(&self) -> Vec<RotateReply> {
+        self.lock().as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// Refuse further requests and drop the waiting ones (their receivers
+    /// see the rotation stopped).
+    fn close(&self) {
+        self.lock().take();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Vec<RotateReply>>> {
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Closes the request list when the rotator stops, however it stops.
+struct CloseOnDrop(Arc<RotateRequests>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }
 
 /// Why one attempt failed.
@@ -118,7 +170,7 @@ pub struct Rotator<I, S, R> {
     /// Bumped when the wall clock jumped relative to the monotonic clock.
     pub clock_jumps: watch::Receiver<u64>,
     /// Requests from the control socket.
-    pub commands: mpsc::Receiver<Command>,
+    pub commands: Arc<RotateRequests>,
     /// Stops the loop (in-flight writes still finish).
     pub cancel: CancellationToken,
 }
@@ -131,9 +183,11 @@ impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
     }
 
     async fn run_inner(mut self) {
-        let mut rng = StdRng::from_os_rng();
+        let _close = CloseOnDrop(self.commands.clone());
+        // Jitter draws come from the thread's generator: a generator per
+        // cluster would add ~320 bytes to every idle rotator.
         let mut held = None;
-        let mut plan = match self.adopt(rng.random()) {
+        let mut plan = match self.adopt(rand::rng().random()) {
             Some((h, plan)) => {
                 held = Some(h);
                 plan
@@ -148,7 +202,7 @@ impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
         loop {
             self.state
                 .update(&name, |s| s.next_refresh = Some(plan.at_wall));
-            let mut reply = None;
+            let mut reply = Vec::new();
             tokio::select! {
                 () = self.cancel.cancelled() => break,
                 () = tokio::time::sleep_until(plan.at) => {}
@@ -158,13 +212,28 @@ impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
                     }
                     info!("the wall clock passed the planned refresh (suspend or clock jump): refreshing now");
                 }
-                Some(Command::RotateNow(tx)) = self.commands.recv() => reply = Some(tx),
+                () = self.commands.wake.notified() => {
+                    reply = self.commands.take();
+                    if reply.is_empty() {
+                        continue; // a wake-up left over from requests already answered
+                    }
+                }
             }
 
+            // Wait for a request slot before building the request: at start-up
+            // thousands of rotators queue here, and each should cost only
+            // its own small state while it waits.
+            let permit = tokio::select! {
+                () = self.cancel.cancelled() => break,
+                permit = self.limiter.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break, // the limiter was closed: shutting down
+                },
+            };
             // Boxed: the request future is large (kube client, TLS); an idle
             // rotator, which is most of them most of the time, should not
             // carry its space in its own state.
-            let Some(outcome) = Box::pin(self.attempt()).await else {
+            let Some(outcome) = Box::pin(self.attempt(permit)).await else {
                 break; // cancelled while waiting or requesting
             };
             match outcome {
@@ -184,7 +253,7 @@ impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
                     let delay = schedule::refresh_after(
                         issued.lifetime,
                         self.cluster.refresh_at,
-                        rng.random(),
+                        rand::rng().random(),
                     );
                     plan = Plan::from(sent, sent_wall, delay);
                     let expires_at = issued.claims.expiry();
@@ -211,14 +280,18 @@ impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
                         "token refreshed"
                     );
                     self.reload.request_reload();
-                    if let Some(tx) = reply {
+                    for tx in reply {
                         let _ = tx.send(Ok(()));
                     }
                 }
                 Err(error) => {
                     let time_left = held.and_then(|h| h.time_left());
-                    let delay =
-                        schedule::backoff(attempt, time_left, retry_after(&error), rng.random());
+                    let delay = schedule::backoff(
+                        attempt,
+                        time_left,
+                        retry_after(&error),
+                        rand::rng().random(),
+                    );
                     attempt = attempt.saturating_add(1);
                     plan = Plan::in_(delay);
                     let phase = match (&error, time_left) {
@@ -254,8 +327,8 @@ impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
                             "token refresh failed; keeping the current token"
                         ),
                     }
-                    if let Some(tx) = reply {
-                        let _ = tx.send(Err(message));
+                    for tx in reply {
+                        let _ = tx.send(Err(message.clone()));
                     }
                 }
             }
@@ -310,14 +383,11 @@ impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
     /// started; a write that has started always finishes.
     async fn attempt(
         &mut self,
+        permit: OwnedSemaphorePermit,
     ) -> Option<Result<(IssuedToken, Instant, SystemTime), AttemptError>> {
         let spec = TokenSpec {
             expiration: self.cluster.expiration,
             audiences: self.cluster.audiences.clone(),
-        };
-        let permit = tokio::select! {
-            () = self.cancel.cancelled() => return None,
-            permit = self.limiter.clone().acquire_owned() => permit.ok()?,
         };
         self.state
             .update(&self.cluster.name, |s| s.state = Phase::Refreshing);
@@ -501,8 +571,8 @@ mod tests {
         cancel: CancellationToken,
         handle: tokio::task::JoinHandle<()>,
         state: Arc<State>,
+        commands: Arc<RotateRequests>,
         _jumps: watch::Sender<u64>,
-        _commands: mpsc::Sender<Command>,
     }
 
     fn start(fail: Vec<usize>, sink: MemorySink) -> Harness {
@@ -516,7 +586,7 @@ mod tests {
         let queue = ReloadQueue::new();
         let cancel = CancellationToken::new();
         let (jumps, clock_jumps) = watch::channel(0);
-        let (commands_tx, commands) = mpsc::channel(1);
+        let commands = RotateRequests::new();
         let rotator = Rotator {
             cluster: cluster(),
             issuer: FakeIssuer {
@@ -529,7 +599,7 @@ mod tests {
             state: state.clone(),
             limiter: Arc::new(Semaphore::new(1)),
             clock_jumps,
-            commands,
+            commands: commands.clone(),
             cancel: cancel.clone(),
         };
         Harness {
@@ -539,9 +609,30 @@ mod tests {
             cancel,
             handle: tokio::spawn(rotator.run()),
             state,
+            commands,
             _jumps: jumps,
-            _commands: commands_tx,
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rotate_now_refreshes_once_for_requests_that_arrive_together() {
+        let h = start(vec![2], MemorySink::default());
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(h.calls.load(Ordering::SeqCst), 1);
+        let first = h.commands.request().expect("running");
+        let second = h.commands.request().expect("running");
+        assert_eq!(first.await.unwrap(), Ok(()));
+        assert_eq!(second.await.unwrap(), Ok(()));
+        assert_eq!(h.calls.load(Ordering::SeqCst), 2, "one refresh for both");
+        // The next one fails (call index 2), and says why.
+        let failed = h.commands.request().expect("running").await.unwrap();
+        assert!(failed.unwrap_err().contains("503"));
+        h.cancel.cancel();
+        h.handle.await.unwrap();
+        assert!(
+            h.commands.request().is_none(),
+            "a stopped rotator takes no requests"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -27,7 +27,7 @@ use mcprom::state::{ClusterStatus, State};
 use mcprom::token::{IssuedToken, Token};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -296,7 +296,6 @@ async fn month(name: &str, lifetime: Duration, refresh_at: f64, days: u32, seed:
     ));
     let cancel = CancellationToken::new();
     let (_jumps, clock_jumps) = watch::channel(0);
-    let (_commands_tx, commands) = mpsc::channel(1);
     let rotator = Rotator {
         cluster: cluster(name, lifetime, refresh_at),
         issuer: FakeIssuer(world.clone()),
@@ -305,7 +304,7 @@ async fn month(name: &str, lifetime: Duration, refresh_at: f64, days: u32, seed:
         state,
         limiter: Arc::new(Semaphore::new(1)),
         clock_jumps,
-        commands,
+        commands: mcprom::rotator::RotateRequests::new(),
         cancel: cancel.clone(),
     };
     let task = tokio::spawn(rotator.run());

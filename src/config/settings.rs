@@ -23,7 +23,7 @@ pub struct Settings {
     /// `[limits]`.
     pub limits: Limits,
     /// `[[cluster]]` entries, in file order, with `[defaults]` applied.
-    pub clusters: Vec<ClusterSettings>,
+    pub clusters: Vec<std::sync::Arc<ClusterSettings>>,
 }
 
 /// Whether mcprom asks Prometheus to reload after token files change.

@@ -591,7 +591,7 @@ fn defaults_are_applied() {
     assert_eq!(settings.limits.concurrent_requests, 32);
     let c = &settings.clusters[0];
     assert_eq!(
-        *c,
+        **c,
         ClusterSettings {
             name: "prod".to_string(),
             api_server: Some("https://10.0.0.1:6443".parse().unwrap()),
@@ -733,7 +733,7 @@ fn host_problems_are_empty_when_every_file_and_group_exists() {
     let mut settings = cluster_with(dir.path(), "ca_file = \"ca.crt\"\nfile_group = \"root\"");
     let kubeconfig = dir.path().join("kubeconfig");
     std::fs::write(&kubeconfig, "x").unwrap();
-    settings.clusters[0].credentials = Credentials::Kubeconfig {
+    std::sync::Arc::make_mut(&mut settings.clusters[0]).credentials = Credentials::Kubeconfig {
         path: kubeconfig,
         context: None,
     };

@@ -230,7 +230,7 @@ impl Validator<'_> {
             limits: Limits {
                 concurrent_requests,
             },
-            clusters,
+            clusters: clusters.into_iter().map(std::sync::Arc::new).collect(),
         }
     }
 
