@@ -96,7 +96,16 @@ impl Pki {
             .allow_unauthenticated()
             .build()
             .context("failed to build the client certificate verifier")?;
-        let mut server_config = ServerConfig::builder()
+        // Like the real kube-apiserver: Go's crypto/tls picks the TLS 1.3
+        // suite itself (it ignores the client's order) and, on CPUs with
+        // AES-GCM instructions, prefers TLS_AES_128_GCM_SHA256.
+        let mut provider = rustls::crypto::ring::default_provider();
+        provider
+            .cipher_suites
+            .sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+        let mut server_config = ServerConfig::builder_with_provider(Arc::new(provider))
+            .with_safe_default_protocol_versions()
+            .context("TLS protocol versions")?
             .with_client_cert_verifier(verifier)
             .with_single_cert(
                 vec![server_cert.der().clone(), ca_der],
@@ -104,6 +113,7 @@ impl Pki {
             )
             .context("failed to build the TLS server configuration")?;
         server_config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        server_config.ignore_client_order = true;
         Ok(Self {
             ca_pem: ca_cert.pem(),
             admin,
@@ -158,6 +168,59 @@ mod tests {
         assert_eq!(
             identity_of(&der),
             Some(("kubernetes-admin".into(), vec!["system:masters".into()]))
+        );
+    }
+
+    #[test]
+    fn the_server_chooses_aes_128_gcm_like_go_whatever_the_client_prefers() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let pki = Pki::generate("t").unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in <CertificateDer<'_> as rustls_pki_types::pem::PemObject>::pem_slice_iter(
+            pki.ca_pem.as_bytes(),
+        ) {
+            roots.add(ca.unwrap()).unwrap();
+        }
+        // rustls' own default order puts TLS13_AES_256_GCM_SHA384 first.
+        let client_config = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        assert_eq!(
+            client_config.crypto_provider().cipher_suites[0].suite(),
+            rustls::CipherSuite::TLS13_AES_256_GCM_SHA384
+        );
+        let mut client =
+            rustls::ClientConnection::new(Arc::new(client_config), "127.0.0.1".try_into().unwrap())
+                .unwrap();
+        let mut server = rustls::ServerConnection::new(pki.server_config.clone()).unwrap();
+        let mut buf = Vec::new();
+        for _ in 0..10 {
+            buf.clear();
+            while client.wants_write() {
+                client.write_tls(&mut buf).unwrap();
+            }
+            let mut rd = &buf[..];
+            while !rd.is_empty() {
+                server.read_tls(&mut rd).unwrap();
+            }
+            server.process_new_packets().unwrap();
+            buf.clear();
+            while server.wants_write() {
+                server.write_tls(&mut buf).unwrap();
+            }
+            let mut rd = &buf[..];
+            while !rd.is_empty() {
+                client.read_tls(&mut rd).unwrap();
+            }
+            client.process_new_packets().unwrap();
+            if !client.is_handshaking() && !server.is_handshaking() {
+                break;
+            }
+        }
+        assert!(!client.is_handshaking(), "handshake finished");
+        assert_eq!(
+            client.negotiated_cipher_suite().map(|s| s.suite()),
+            Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256)
         );
     }
 }
