@@ -189,30 +189,16 @@ mod tests {
             client_config.crypto_provider().cipher_suites[0].suite(),
             rustls::CipherSuite::TLS13_AES_256_GCM_SHA384
         );
-        let mut client =
+        let mut client = rustls::Connection::from(
             rustls::ClientConnection::new(Arc::new(client_config), "127.0.0.1".try_into().unwrap())
-                .unwrap();
-        let mut server = rustls::ServerConnection::new(pki.server_config.clone()).unwrap();
-        let mut buf = Vec::new();
+                .unwrap(),
+        );
+        let mut server = rustls::Connection::from(
+            rustls::ServerConnection::new(pki.server_config.clone()).unwrap(),
+        );
         for _ in 0..10 {
-            buf.clear();
-            while client.wants_write() {
-                client.write_tls(&mut buf).unwrap();
-            }
-            let mut rd = &buf[..];
-            while !rd.is_empty() {
-                server.read_tls(&mut rd).unwrap();
-            }
-            server.process_new_packets().unwrap();
-            buf.clear();
-            while server.wants_write() {
-                server.write_tls(&mut buf).unwrap();
-            }
-            let mut rd = &buf[..];
-            while !rd.is_empty() {
-                client.read_tls(&mut rd).unwrap();
-            }
-            client.process_new_packets().unwrap();
+            transfer(&mut client, &mut server);
+            transfer(&mut server, &mut client);
             if !client.is_handshaking() && !server.is_handshaking() {
                 break;
             }
@@ -222,5 +208,18 @@ mod tests {
             client.negotiated_cipher_suite().map(|s| s.suite()),
             Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256)
         );
+    }
+
+    /// Move what `from` has to send into `to`, in memory.
+    fn transfer(from: &mut rustls::Connection, to: &mut rustls::Connection) {
+        let mut buf = Vec::new();
+        while from.wants_write() {
+            from.write_tls(&mut buf).unwrap();
+        }
+        let mut rd = &buf[..];
+        while !rd.is_empty() {
+            to.read_tls(&mut rd).unwrap();
+        }
+        to.process_new_packets().unwrap();
     }
 }
