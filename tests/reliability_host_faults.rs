@@ -147,15 +147,22 @@ async fn lifecycle_disabled_403_says_how_to_enable_it_and_retries_slowly() {
             port,
         );
         prom.ready().await;
-        eventually(
-            Duration::from_secs(360),
-            "the slow retry succeeds",
-            || async { (reloads(&rig, "success").await >= 1.0).then_some(()) },
-        )
-        .await;
+        the_slow_retry_succeeds(&rig).await;
     } else {
-        eprintln!("note: recovery after the 5-minute retry is checked with MCPROM_LONG=1");
+        eprintln!("{LONG_ONLY}");
     }
+}
+
+const LONG_ONLY: &str = "note: recovery after the 5-minute retry is checked with MCPROM_LONG=1";
+
+/// After a 401/403 mcprom waits 5 minutes before the next reload: wait for it.
+async fn the_slow_retry_succeeds(rig: &Rig) {
+    eventually(
+        Duration::from_secs(360),
+        "the slow retry succeeds",
+        || async { (reloads(rig, "success").await >= 1.0).then_some(()) },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -173,14 +180,9 @@ async fn a_401_asks_for_web_credentials_and_retries_slowly() {
     assert_eq!(stub.attempts(), 1);
     if long() {
         stub.set(200, "");
-        eventually(
-            Duration::from_secs(360),
-            "the slow retry succeeds",
-            || async { (reloads(&rig, "success").await >= 1.0).then_some(()) },
-        )
-        .await;
+        the_slow_retry_succeeds(&rig).await;
     } else {
-        eprintln!("note: recovery after the 5-minute retry is checked with MCPROM_LONG=1");
+        eprintln!("{LONG_ONLY}");
     }
 }
 

@@ -490,3 +490,15 @@ pub fn required_tool(program: &str, install: &str) -> PathBuf {
         .find(|p| p.is_file())
         .unwrap_or_else(|| panic!("{program} is not installed; install it with: {install}"))
 }
+
+/// The value of the sample `series` (exact name and labels) in `text`.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .split(' ')
+            .next()?
+            .parse()
+            .ok()
+    })
+}

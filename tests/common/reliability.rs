@@ -32,18 +32,6 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// The value of the sample `series` (exact name and labels) in `text`.
-pub fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|l| {
-        l.strip_prefix(series)?
-            .strip_prefix(' ')?
-            .split(' ')
-            .next()?
-            .parse()
-            .ok()
-    })
-}
-
 /// Run the `mcprom` CLI with `--config`.
 pub fn mcprom_cli(config: &Path, args: &[&str]) -> Output {
     Command::new(MCPROM)
