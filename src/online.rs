@@ -494,30 +494,62 @@ async fn service_account_exists(api: &Api, cluster: &ClusterSettings, s: &mut Se
         "/api/v1/namespaces/{}/serviceaccounts/{}",
         sa.namespace, sa.name
     );
+    let missing_hint = format!(
+        "create it (`mcprom rbac {}` prints it with its RBAC); every TokenRequest fails \
+         with 404 until it exists, and tokens issued before it was deleted no longer work",
+        cluster.name
+    );
     match api.get(&path, "application/json").await {
         Ok((200, _)) => s.pass(what),
-        Ok((404, _)) => s.fail(
-            format!("ServiceAccount {sa} does not exist"),
-            format!(
-                "create it (`mcprom rbac {}` prints it with its RBAC); every TokenRequest fails \
-                 with 404 until it exists, and tokens issued before it was deleted no longer work",
-                cluster.name
+        Ok((404, _)) => s.fail(format!("ServiceAccount {sa} does not exist"), missing_hint),
+        // Least privilege may not read ServiceAccounts, but it may mint for
+        // this one: the API server looks the ServiceAccount up before it
+        // validates the request, so an invalid lifetime tells without
+        // minting anything (404 missing, 422 present).
+        Ok((403, body)) => match exists_by_token_request(api, sa).await {
+            Some(true) => s.pass(format!(
+                "{what} (a TokenRequest that mints nothing found it)"
+            )),
+            Some(false) => s.fail(format!("ServiceAccount {sa} does not exist"), missing_hint),
+            None => s.not_checked(
+                &what,
+                format!(
+                    "{}; optional: minting tokens does not need it (grant get on serviceaccounts \
+                     to have it checked)",
+                    message(&body)
+                ),
             ),
-        ),
-        Ok((403, body)) => s.not_checked(
-            &what,
-            format!(
-                "{}; optional: minting tokens does not need it (grant get on serviceaccounts \
-                 to have it checked)",
-                message(&body)
-            ),
-        ),
+        },
         Ok((401, body)) => credential_rejected(s, &body),
         Ok((code, body)) => s.fail(
             format!("{what}: GET answered {code}: {}", message(&body)),
             "run the check again; if it persists, look at the API server's logs",
         ),
         Err(e) => s.fail(format!("{what}: {e}"), "run the check again"),
+    }
+}
+
+/// Whether `sa` exists, asked with a TokenRequest for a 1-second lifetime,
+/// which every API server refuses (422) after finding the ServiceAccount
+/// (404 when it does not): nothing is minted. `None` when the answer says
+/// neither.
+async fn exists_by_token_request(api: &Api, sa: &ServiceAccountRef) -> Option<bool> {
+    let path = format!(
+        "/api/v1/namespaces/{}/serviceaccounts/{}/token",
+        sa.namespace, sa.name
+    );
+    let request = json!({
+        "apiVersion": "authentication.k8s.io/v1",
+        "kind": "TokenRequest",
+        "spec": {"expirationSeconds": 1},
+    });
+    match api.post(&path, &request).await {
+        Ok((422, _)) => Some(true),
+        Ok((404, body)) => {
+            let status: Value = serde_json::from_slice(&body).ok()?;
+            (status["details"]["kind"] == "serviceaccounts").then_some(false)
+        }
+        _ => None,
     }
 }
 
