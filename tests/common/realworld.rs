@@ -424,6 +424,38 @@ impl Prom {
         }
     }
 
+    /// Prometheus's own `/metrics` text.
+    pub async fn own_metrics(&self) -> String {
+        http()
+            .get(format!("{}/metrics", self.url()))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Kubernetes discovery's requests to the API servers by status code
+    /// (`prometheus_sd_kubernetes_http_request_total`); panics if there
+    /// are none.
+    pub async fn discovery_requests(&self) -> Vec<(String, f64)> {
+        let text = self.own_metrics().await;
+        let codes: Vec<(String, f64)> = text
+            .lines()
+            .filter_map(|l| {
+                let rest = l.strip_prefix("prometheus_sd_kubernetes_http_request_total{status_code=\"")?;
+                let (code, value) = rest.split_once("\"} ")?;
+                Some((code.to_owned(), value.parse().ok()?))
+            })
+            .collect();
+        assert!(
+            codes.iter().any(|(c, v)| c.starts_with('2') && *v > 0.0),
+            "Kubernetes discovery made no successful request: {codes:?}"
+        );
+        codes
+    }
+
     /// The series of `up` that were 0 at any sample in the last `window`,
     /// as `{job, instance}` pairs (empty: every scrape succeeded).
     pub async fn down_in(&self, window: Duration) -> Vec<String> {
