@@ -131,7 +131,11 @@ async fn prometheus_3_and_2_scrape_every_node_across_rotations_and_find_a_new_no
         ("prometheus 2.42 (static)", &p_debian),
     ] {
         let down = p.down_in(window).await;
-        assert!(down.is_empty(), "{name}: targets down: {down:?}\n{}", p.log());
+        assert!(
+            down.is_empty(),
+            "{name}: targets down: {down:?}\n{}",
+            p.log()
+        );
         p.all_up(8, UP_WAIT).await;
     }
     // Discovery's list and watch requests: none failed (a 401 would show).
@@ -147,9 +151,9 @@ async fn prometheus_3_and_2_scrape_every_node_across_rotations_and_find_a_new_no
     p_sd.all_up(10, UP_WAIT).await;
     let targets = p_sd.targets().await;
     assert!(
-        targets
-            .iter()
-            .any(|t| t.1.contains("/api/v1/nodes/node-added/proxy/metrics/cadvisor")),
+        targets.iter().any(|t| t
+            .1
+            .contains("/api/v1/nodes/node-added/proxy/metrics/cadvisor")),
         "{targets:#?}"
     );
 
@@ -174,7 +178,8 @@ async fn check_online_against_real_clusters() {
     assert!(good.ok, "{}", good.text);
     assert_eq!(good.fails(), 0, "{}", good.text);
     assert!(
-        good.line("authenticated as \"mcprom-issuer\"").contains('✔'),
+        good.line("authenticated as \"mcprom-issuer\"")
+            .contains('✔'),
         "{}",
         good.text
     );
@@ -212,9 +217,14 @@ async fn check_online_against_real_clusters() {
     let out = Checked::run(&config);
     assert!(!out.ok);
     let line = out.line("allowed to create tokens");
-    assert!(line.contains('✘') && line.contains("mcprom-issuer"), "{}", out.text);
     assert!(
-        out.hint("allowed to create tokens").contains("mcprom rbac c1"),
+        line.contains('✘') && line.contains("mcprom-issuer"),
+        "{}",
+        out.text
+    );
+    assert!(
+        out.hint("allowed to create tokens")
+            .contains("mcprom rbac c1"),
         "{}",
         out.text
     );
@@ -223,19 +233,31 @@ async fn check_online_against_real_clusters() {
     // The ServiceAccount missing (c2).
     world.kubectl(
         "c2",
-        &["-n", "kube-system", "delete", "serviceaccount", "prometheus-test"],
+        &[
+            "-n",
+            "kube-system",
+            "delete",
+            "serviceaccount",
+            "prometheus-test",
+        ],
         "",
     );
     let out = Checked::run(&config);
     let line = out.line("ServiceAccount kube-system/prometheus-test");
-    let c2 = out.text.split("cluster \"c2\"").nth(1).unwrap_or_default().to_owned();
+    let c2 = out
+        .text
+        .split("cluster \"c2\"")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
     assert!(
         c2.contains("ServiceAccount kube-system/prometheus-test does not exist"),
         "{}",
         out.text
     );
     assert!(
-        out.hint("prometheus-test does not exist").contains("mcprom rbac c2"),
+        out.hint("prometheus-test does not exist")
+            .contains("mcprom rbac c2"),
         "{line}\n{}",
         out.text
     );
@@ -295,7 +317,10 @@ async fn a_self_renewing_cluster_seeded_with_kubectl_create_token_renews_itself(
     for _ in 0..2 {
         last = new_token(&work, "c1", Some(&last), Duration::from_secs(120)).await;
         let c = claims(&last);
-        assert_eq!(c["sub"], "system:serviceaccount:kube-system:prometheus-test");
+        assert_eq!(
+            c["sub"],
+            "system:serviceaccount:kube-system:prometheus-test"
+        );
         assert_eq!(world.status_for_token("c1", &last).await, 200);
         iats.push(c["iat"].as_u64().unwrap());
     }
@@ -359,7 +384,13 @@ async fn a_service_account_deleted_and_recreated_kills_the_old_token() {
 
     world.kubectl(
         "c1",
-        &["-n", "kube-system", "delete", "serviceaccount", "prometheus-test"],
+        &[
+            "-n",
+            "kube-system",
+            "delete",
+            "serviceaccount",
+            "prometheus-test",
+        ],
         "",
     );
     let rbac = stdout_of(&mcprom(&config, &["rbac", "c1"]), "mcprom rbac");
@@ -371,7 +402,10 @@ async fn a_service_account_deleted_and_recreated_kills_the_old_token() {
             break Instant::now();
         }
         assert_eq!(code, 200);
-        assert!(Instant::now() < deadline, "the old token still works after 60 s");
+        assert!(
+            Instant::now() < deadline,
+            "the old token still works after 60 s"
+        );
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
     let _ = died_after;

@@ -139,7 +139,10 @@ impl World {
     pub fn kubectl_output(&self, cluster: &str, args: &[&str], stdin: &str) -> Output {
         use std::io::Write as _;
         let mut child = Command::new(tool("kubectl"))
-            .arg(format!("--kubeconfig={}", self.field(cluster, "kubeconfig")))
+            .arg(format!(
+                "--kubeconfig={}",
+                self.field(cluster, "kubeconfig")
+            ))
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -183,7 +186,10 @@ impl World {
     /// `GET /api/v1/nodes` (200 authorised, 401 not authenticated).
     pub async fn status_for_token(&self, cluster: &str, token: &str) -> u16 {
         self.client(cluster)
-            .get(format!("{}/api/v1/nodes", self.field(cluster, "api_server")))
+            .get(format!(
+                "{}/api/v1/nodes",
+                self.field(cluster, "api_server")
+            ))
             .bearer_auth(token)
             .send()
             .await
@@ -335,7 +341,10 @@ impl Prom {
                 "--config.file={}",
                 dir.join("prometheus.yml").display()
             ))
-            .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .arg("--web.enable-lifecycle")
             .stdout(Stdio::null())
@@ -369,14 +378,7 @@ impl Prom {
     pub async fn query(&self, query: &str) -> Value {
         let mut url = url::Url::parse(&format!("{}/api/v1/query", self.url())).unwrap();
         url.query_pairs_mut().append_pair("query", query);
-        let body: Value = http()
-            .get(url)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let body: Value = http().get(url).send().await.unwrap().json().await.unwrap();
         assert_eq!(body["status"], "success", "{query}: {body}");
         body["data"]["result"].clone()
     }
@@ -444,7 +446,8 @@ impl Prom {
         let codes: Vec<(String, f64)> = text
             .lines()
             .filter_map(|l| {
-                let rest = l.strip_prefix("prometheus_sd_kubernetes_http_request_total{status_code=\"")?;
+                let rest =
+                    l.strip_prefix("prometheus_sd_kubernetes_http_request_total{status_code=\"")?;
                 let (code, value) = rest.split_once("\"} ")?;
                 Some((code.to_owned(), value.parse().ok()?))
             })
