@@ -131,7 +131,7 @@ impl Reloader {
                 .ca_file
                 .clone()
                 .unwrap_or_else(|| SYSTEM_CA_BUNDLE.into());
-            let pem = std::fs::read(&bundle).map_err(|e| {
+            let pem = crate::config::input::read(&bundle).map_err(|e| {
                 ReloadError::Other(format!("[prometheus] ca_file {}: {e}", bundle.display()))
             })?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
@@ -158,7 +158,7 @@ impl Reloader {
         request: reqwest::RequestBuilder,
     ) -> Result<reqwest::RequestBuilder, ReloadError> {
         let read = |path: &std::path::Path, key: &str| {
-            std::fs::read_to_string(path)
+            crate::config::input::read_text(path)
                 .map(|s| s.trim_end_matches(['\r', '\n']).to_owned())
                 .map_err(|e| {
                     ReloadError::Other(format!("[prometheus] {key} {}: {e}", path.display()))

@@ -891,14 +891,28 @@ impl Validator<'_> {
 
     /// Token files written twice, or written over a credential.
     fn cross_check_files(&mut self, clusters: &[ClusterSettings], files: &[ClusterFiles]) {
-        let mut writers: HashMap<&Path, usize> = HashMap::new();
-        let mut readers: HashMap<&Path, (usize, &'static str)> = HashMap::new();
+        // Paths compare with their directories' symlinks resolved (once per
+        // directory), so two spellings of one file are one file.
+        let mut dirs: HashMap<PathBuf, PathBuf> = HashMap::new();
+        let mut resolve = |path: &Path| -> PathBuf {
+            let dir = path.parent().unwrap_or(Path::new("/")).to_path_buf();
+            let resolved = dirs
+                .entry(dir)
+                .or_insert_with_key(|dir| super::resolved_dir(&dir.join("x")));
+            match path.file_name() {
+                Some(name) => resolved.join(name),
+                None => path.to_path_buf(),
+            }
+        };
+        let mut writers: HashMap<PathBuf, usize> = HashMap::new();
+        let mut readers: HashMap<PathBuf, (usize, &'static str)> = HashMap::new();
         for (i, f) in files.iter().enumerate() {
             for (key, path, _) in &f.inputs {
-                readers.entry(path.as_path()).or_insert((i, key));
+                readers.entry(resolve(path)).or_insert((i, key));
             }
         }
         for (i, (cluster, f)) in clusters.iter().zip(files).enumerate() {
+            let token_file = resolve(&cluster.token_file);
             let at = f.token_file_offset.unwrap_or(f.offset);
             let shown = cluster.token_file.display();
             let key = if f.token_file_offset.is_some() {
@@ -906,7 +920,7 @@ impl Validator<'_> {
             } else {
                 "key \"token_file\" (defaulted to {token_dir}/{name}.token)"
             };
-            if let Some(&first) = writers.get(cluster.token_file.as_path()) {
+            if let Some(&first) = writers.get(&token_file) {
                 if clusters[first].name == cluster.name {
                     // Already reported as a duplicate name.
                     continue;
@@ -922,9 +936,9 @@ impl Validator<'_> {
                 );
                 self.error(at, &f.label, message);
             } else {
-                writers.insert(cluster.token_file.as_path(), i);
+                writers.insert(token_file.clone(), i);
             }
-            if let Some(&(reader, credential)) = readers.get(cluster.token_file.as_path()) {
+            if let Some(&(reader, credential)) = readers.get(&token_file) {
                 let whose = if reader == i {
                     "this cluster's own".to_string()
                 } else {
