@@ -233,7 +233,18 @@ impl Reloader {
         if status.is_success() {
             return Ok(());
         }
-        let body = response.text().await.unwrap_or_default();
+        let body = match response.text().await {
+            Ok(body) => body,
+            // Not "rejected its own configuration (500): ": the answer said
+            // nothing we could read.
+            Err(e) => {
+                return Err(ReloadError::Other(format!(
+                    "Prometheus at {} answered {status} to the reload, but its answer could not be read: {}",
+                    self.base(),
+                    self.transport_error(e)
+                )));
+            }
+        };
         reload_outcome(status.as_u16(), &body, &self.base())
     }
 }
