@@ -66,6 +66,16 @@ fn mcprom(args: &[&str]) -> (i32, String) {
     (code, stderr)
 }
 
+/// Kills the child when the test ends, also when it panics.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
@@ -206,16 +216,19 @@ fn special_files_named_by_the_config_neither_hang_nor_balloon() {
     );
     // `run` serves c3 and holds c1 and c2 in error, under the memory limit.
     let prlimit = required_tool("prlimit", "apt-get install util-linux");
-    let mut child = Command::new(prlimit)
-        .arg(MEMORY_LIMIT)
-        .arg("--")
-        .arg(MCPROM)
-        .args(["run", "--config"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut guard = KillOnDrop(
+        Command::new(prlimit)
+            .arg(MEMORY_LIMIT)
+            .arg("--")
+            .arg(MCPROM)
+            .args(["run", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let child = &mut guard.0;
     let token = work.path().join("tokens/c3.token");
     let deadline = Instant::now() + Duration::from_secs(60);
     while !token.exists() {
@@ -241,8 +254,6 @@ fn special_files_named_by_the_config_neither_hang_nor_balloon() {
         );
     }
     assert!(child.try_wait().unwrap().is_none(), "mcprom exited");
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 /// `mcprom status --json` against the daemon for `config`.
@@ -438,16 +449,19 @@ fn bad_live_edits_leave_the_daemon_rotating_answering_and_feeding_the_watchdog()
     let good = std::fs::read_to_string(&config).unwrap();
     let good_copy = write(work.path(), "good-copy.toml.bak", &good);
     let notify = Notifications::bind(&work.path().join("notify.sock"));
-    let mut child = Command::new(MCPROM)
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("NOTIFY_SOCKET", work.path().join("notify.sock"))
-        .env("WATCHDOG_USEC", "2000000")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut guard = KillOnDrop(
+        Command::new(MCPROM)
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("NOTIFY_SOCKET", work.path().join("notify.sock"))
+            .env("WATCHDOG_USEC", "2000000")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let child = &mut guard.0;
     let log = Arc::new(std::sync::Mutex::new(String::new()));
     {
         let mut stderr = child.stderr.take().unwrap();
@@ -554,21 +568,32 @@ fn a_config_directory_written_to_all_the_time_is_still_reloaded() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    // A neighbour rewritten every 100 ms: quieter than the 500 ms debounce never.
+    // A generator that rewrites the config every 100 ms (the same text
+    // each time, with c2 added): the directory is never quiet for the
+    // 500 ms debounce.
+    let both = {
+        let scratch = tempfile::tempdir().unwrap();
+        let text =
+            std::fs::read_to_string(write_config(&sim, scratch.path(), &Conf::default(), None))
+                .unwrap()
+                .replace(
+                    &scratch.path().display().to_string(),
+                    &work.path().display().to_string(),
+                );
+        text
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let busy = {
-        let (stop, path) = (stop.clone(), work.path().join("busy.txt"));
+        let (stop, path) = (stop.clone(), config.clone());
         std::thread::spawn(move || {
-            let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let mut f = std::fs::File::create(&path).unwrap();
-                writeln!(f, "{n}").unwrap();
-                n += 1;
+                f.write_all(both.as_bytes()).unwrap();
+                drop(f);
                 std::thread::sleep(Duration::from_millis(100));
             }
         })
     };
-    write_config(&sim, work.path(), &Conf::default(), None);
     let second = work.path().join("tokens/c2.token");
     let deadline = Instant::now() + Duration::from_secs(60);
     while !second.exists() {
