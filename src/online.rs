@@ -379,8 +379,8 @@ async fn check_api_server(cluster: &ClusterSettings, s: &mut Section) -> Option<
     };
     let who = user.map_or_else(|| "mcprom".to_owned(), |u| format!("{u:?}"));
 
-    may_create_tokens(&api, cluster, &who, s).await;
-    service_account_exists(&api, cluster, s).await;
+    let may_mint = may_create_tokens(&api, cluster, &who, s).await;
+    service_account_exists(&api, cluster, may_mint, s).await;
     legacy_secrets(&api, &cluster.service_account).await
 }
 
@@ -400,7 +400,13 @@ fn anonymous(s: &mut Section) {
     );
 }
 
-async fn may_create_tokens(api: &Api, cluster: &ClusterSettings, who: &str, s: &mut Section) {
+/// `true` when the server said mcprom may create the tokens.
+async fn may_create_tokens(
+    api: &Api,
+    cluster: &ClusterSettings,
+    who: &str,
+    s: &mut Section,
+) -> bool {
     let sa = &cluster.service_account;
     let what = format!("allowed to create tokens for {sa}");
     let review = json!({
@@ -450,6 +456,7 @@ async fn may_create_tokens(api: &Api, cluster: &ClusterSettings, who: &str, s: &
                     } else {
                         s.pass(format!("{what} ({})", status.reason));
                     }
+                    return true;
                 }
                 Ok(Review { status }) => {
                     let mut text =
@@ -484,9 +491,15 @@ async fn may_create_tokens(api: &Api, cluster: &ClusterSettings, who: &str, s: &
         ),
         Err(e) => s.fail(format!("{what}: {e}"), "run the check again"),
     }
+    false
 }
 
-async fn service_account_exists(api: &Api, cluster: &ClusterSettings, s: &mut Section) {
+async fn service_account_exists(
+    api: &Api,
+    cluster: &ClusterSettings,
+    may_mint: bool,
+    s: &mut Section,
+) {
     let sa = &cluster.service_account;
     let what = format!("ServiceAccount {sa} exists");
     let path = format!(
@@ -505,7 +518,7 @@ async fn service_account_exists(api: &Api, cluster: &ClusterSettings, s: &mut Se
         // this one: the API server looks the ServiceAccount up before it
         // validates the request, so an invalid lifetime tells without
         // minting anything (404 missing, 422 present).
-        Ok((403, body)) => match exists_by_token_request(api, sa).await {
+        Ok((403, body)) => match exists_by_token_request(api, sa, may_mint).await {
             Some(true) => s.pass(format!(
                 "{what} (a TokenRequest that mints nothing found it)"
             )),
@@ -532,7 +545,14 @@ async fn service_account_exists(api: &Api, cluster: &ClusterSettings, s: &mut Se
 /// which every API server refuses (422) after finding the ServiceAccount
 /// (404 when it does not): nothing is minted. `None` when the answer says
 /// neither.
-async fn exists_by_token_request(api: &Api, sa: &ServiceAccountRef) -> Option<bool> {
+async fn exists_by_token_request(
+    api: &Api,
+    sa: &ServiceAccountRef,
+    may_mint: bool,
+) -> Option<bool> {
+    if !may_mint {
+        return None; // the answer would be 403
+    }
     let path = format!(
         "/api/v1/namespaces/{}/serviceaccounts/{}/token",
         sa.namespace, sa.name
