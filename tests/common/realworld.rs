@@ -57,7 +57,8 @@ pub fn tool(name: &str) -> PathBuf {
 /// the thread that started it.
 pub struct World {
     child: Child,
-    pub dir: tempfile::TempDir,
+    /// Kept (not deleted) when the test fails, for the logs in it.
+    dir: Option<tempfile::TempDir>,
     pub ready: Value,
 }
 
@@ -102,11 +103,15 @@ impl World {
         };
         let ready: Value = serde_json::from_str(&line)
             .unwrap_or_else(|e| panic!("testbed/cluster ready line {line:?}: {e}"));
-        World { child, dir, ready }
+        World {
+            child,
+            dir: Some(dir),
+            ready,
+        }
     }
 
     pub fn path(&self) -> &Path {
-        self.dir.path()
+        self.dir.as_ref().unwrap().path()
     }
 
     pub fn cluster(&self, name: &str) -> &Value {
@@ -270,12 +275,27 @@ impl Drop for World {
         let deadline = Instant::now() + Duration::from_secs(40);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
+                self.keep_on_failure();
                 return;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        self.keep_on_failure();
+    }
+}
+
+impl World {
+    fn keep_on_failure(&mut self) {
+        if std::thread::panicking()
+            && let Some(dir) = self.dir.take()
+        {
+            eprintln!(
+                "the real clusters' files and logs are kept in {}",
+                dir.keep().display()
+            );
+        }
     }
 }
 
