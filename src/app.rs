@@ -398,7 +398,7 @@ enum Prepared {
     /// Read and validated.
     Parsed {
         fingerprint: Fingerprint,
-        settings: Result<Settings, String>,
+        settings: Result<Box<Settings>, String>,
     },
 }
 
@@ -427,7 +427,9 @@ fn prepare(path: &std::path::Path, last: Option<Fingerprint>, trigger: Trigger) 
         return Prepared::Unchanged;
     }
     let settings = match String::from_utf8(content) {
-        Ok(text) => config::parse(&text, path).map_err(|e| e.to_string()),
+        Ok(text) => config::parse(&text, path)
+            .map(Box::new)
+            .map_err(|e| e.to_string()),
         Err(e) => Err(format!(
             "{}: the file is not UTF-8 (invalid byte at offset {})",
             path.display(),
@@ -542,6 +544,7 @@ impl Daemon {
                 self.last_content = Some(fingerprint);
                 notify::reloading();
                 let outcome = settings.and_then(|settings| {
+                    let settings = *settings;
                     if &settings == self.supervisor.settings() {
                         return Ok(false);
                     }
