@@ -56,6 +56,9 @@ pub fn status_from_disk(settings: &Settings) -> StatusReport {
                     last_refresh: None,
                     next_refresh: None,
                     last_error: error,
+                    verified_at: None,
+                    rejected_since: None,
+                    rejections: 0,
                 }
             })
             .collect(),
@@ -142,7 +145,7 @@ fn healthy(report: &StatusReport) -> bool {
     report
         .clusters
         .iter()
-        .all(|c| matches!(c.state.as_str(), "fresh" | "refreshing"))
+        .all(|c| matches!(c.state.as_str(), "fresh" | "refreshing") && c.rejected_since.is_none())
 }
 
 /// `mcprom status [--json]`.

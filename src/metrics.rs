@@ -24,7 +24,7 @@ use crate::state::State;
 
 /// The `reason` label values of `mcprom_token_refresh_errors_total`: a
 /// fixed set, each exported (at 0) for every cluster so `rate()` works.
-pub const REASONS: [&str; 11] = [
+pub const REASONS: [&str; 12] = [
     "unreachable",
     "tls",
     "unauthorized",
@@ -37,6 +37,9 @@ pub const REASONS: [&str; 11] = [
     // Self-renewal (`credentials.self`): only `mcprom seed` repairs these.
     "chain_broken",
     "chain_too_old",
+    // The API server does not accept the token it has just issued
+    // (SelfSubjectReview with the token: 401 or another identity).
+    "rejected",
 ];
 
 fn seconds(t: SystemTime) -> f64 {
@@ -173,6 +176,21 @@ impl Collector for StateCollector {
                     )
                 })
             }),
+        )?;
+        counter_family(
+            e,
+            "mcprom_token_rejected",
+            "Tokens in use that the API server stopped accepting before their expiry (ServiceAccount deleted or recreated, signing key rotated); each is re-minted at once.",
+            clusters
+                .iter()
+                .map(|c| (vec![("cluster", c.name.clone())], c.rejections)),
+        )?;
+        gauge_family(
+            e,
+            "mcprom_token_verified_timestamp",
+            "When the API server last confirmed (SelfSubjectReview with the token) that the cluster's token authenticates as its ServiceAccount.",
+            Some(&Unit::Seconds),
+            by_cluster(&|c| c.verified_at.map(seconds)),
         )?;
         let reloads = self.0.reloads();
         counter_family(

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::config::{ClusterSettings, Credentials};
-use crate::issuer::{IssueError, Issuer, TokenSpec};
+use crate::issuer::{IssueError, Issuer, Review, TokenSpec};
 use crate::reload::ReloadRequest;
 use crate::schedule;
 use crate::sink::{Sink, SinkError};
@@ -187,13 +187,28 @@ impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
         // Jitter draws come from the thread's generator: a generator per
         // cluster would add ~320 bytes to every idle rotator.
         let mut held = None;
+        // When the token in use is next reviewed (SelfSubjectReview with
+        // it); `None`: not planned. An adopted token's first review is
+        // spread over one interval, so 10,000 clusters do not ask at once.
+        let mut check: Option<Instant> = None;
         let mut plan = match self.adopt(rand::rng().random()) {
             Some((h, plan)) => {
                 held = Some(h);
+                if self.cluster.verify.enabled {
+                    check = Some(
+                        Instant::now()
+                            + self
+                                .cluster
+                                .verify
+                                .interval
+                                .mul_f64(rand::rng().random::<f64>()),
+                    );
+                }
                 plan
             }
             None => Plan::in_(Duration::ZERO),
         };
+        let mut unsupported_logged = false;
         let mut attempt: u32 = 0;
         let mut shortened_logged = false;
         let mut expired_reported = false;
@@ -203,8 +218,34 @@ impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
             self.state
                 .update(&name, |s| s.next_refresh = Some(plan.at_wall));
             let mut reply = Vec::new();
+            let check_at = check.filter(|at| *at < plan.at);
             tokio::select! {
                 () = self.cancel.cancelled() => break,
+                () = sleep_until_some(check_at) => {
+                    check = None;
+                    match Box::pin(self.check_token()).await {
+                        None => break,
+                        Some(CheckOutcome::Keep(next)) => {
+                            check = next.map(|d| Instant::now() + d);
+                            if next.is_none() && !unsupported_logged {
+                                unsupported_logged = true;
+                                info!("the API server has no SelfSubjectReview (Kubernetes before 1.28): tokens are not verified");
+                            }
+                        }
+                        Some(CheckOutcome::Rejected) => {
+                            // Re-mint now, outside the backoff meant for an
+                            // unreachable server. Bounded: a review runs at
+                            // most once per verify_interval (≥ 10 s), and a
+                            // re-mint the server rejects again goes through
+                            // the ordinary backoff.
+                            if plan.at > Instant::now() {
+                                plan = Plan::in_(Duration::ZERO);
+                            }
+                            attempt = 0;
+                        }
+                    }
+                    continue;
+                }
                 () = tokio::time::sleep_until(plan.at) => {}
                 Ok(()) = self.clock_jumps.changed() => {
                     if SystemTime::now() < plan.at_wall {
@@ -237,8 +278,17 @@ impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
                 break; // cancelled while waiting or requesting
             };
             match outcome {
-                Ok((issued, sent, sent_wall)) => {
+                Ok((issued, sent, sent_wall, review)) => {
                     attempt = 0;
+                    let verified = review == Some(Review::Confirmed);
+                    check = match review {
+                        Some(Review::Unsupported) | None => None,
+                        Some(_) => Some(Instant::now() + jittered(self.cluster.verify.interval)),
+                    };
+                    if review == Some(Review::Unsupported) && !unsupported_logged {
+                        unsupported_logged = true;
+                        info!("the API server has no SelfSubjectReview (Kubernetes before 1.28): new tokens are written unverified");
+                    }
                     expired_reported = false;
                     let requested = self.cluster.expiration;
                     if schedule::is_shortened(requested, issued.lifetime) && !shortened_logged {
@@ -272,6 +322,8 @@ impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
                         s.settled = true;
                         s.refreshes += 1;
                         s.credential_expires_at = issued.credential_expires_at;
+                        s.rejected_since = None;
+                        s.verified_at = verified.then_some(now);
                     });
                     info!(
                         service_account = %self.cluster.service_account,
@@ -384,7 +436,7 @@ impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
     async fn attempt(
         &mut self,
         permit: OwnedSemaphorePermit,
-    ) -> Option<Result<(IssuedToken, Instant, SystemTime), AttemptError>> {
+    ) -> Option<Result<(IssuedToken, Instant, SystemTime, Option<Review>), AttemptError>> {
         let spec = TokenSpec {
             expiration: self.cluster.expiration,
             audiences: self.cluster.audiences.clone(),
@@ -397,15 +449,109 @@ impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
             () = self.cancel.cancelled() => return None,
             issued = self.issuer.issue(&spec) => issued,
         };
-        drop(permit);
         let issued = match issued {
             Ok(issued) => issued,
             Err(e) => return Some(Err(e.into())),
         };
+        let review = if self.cluster.verify.enabled {
+            let verdict = tokio::select! {
+                () = self.cancel.cancelled() => return None,
+                verdict = self.issuer.verify(&issued) => verdict,
+            };
+            match verdict {
+                Ok(review) => Some(review),
+                // Not written: the old token stays.
+                Err(e @ IssueError::Rejected(_)) => return Some(Err(e.into())),
+                // The token was issued a moment ago; a review that could not
+                // be made (network, 5xx) is no reason to keep an older one.
+                Err(e) => {
+                    warn!(error = %e, "could not verify the new token with the API server; writing it anyway");
+                    Some(Review::Authenticated)
+                }
+            }
+        } else {
+            None
+        };
+        drop(permit);
         if let Err(e) = self.sink.write(&issued.token).await {
             return Some(Err(e.into()));
         }
-        Some(Ok((issued, sent, sent_wall)))
+        Some(Ok((issued, sent, sent_wall, review)))
+    }
+
+    /// Review the token in the file with the API server. `None` when
+    /// cancelled; otherwise whether to keep it (and when to check next:
+    /// `None` when the server cannot be asked) or to re-mint now.
+    async fn check_token(&mut self) -> Option<CheckOutcome> {
+        let next = Some(jittered(self.cluster.verify.interval));
+        let Some(token) = self.sink.current() else {
+            return Some(CheckOutcome::Keep(next));
+        };
+        let permit = tokio::select! {
+            () = self.cancel.cancelled() => return None,
+            permit = self.limiter.clone().acquire_owned() => permit.ok()?,
+        };
+        let verdict = tokio::select! {
+            () = self.cancel.cancelled() => return None,
+            verdict = self.issuer.review(&token) => verdict,
+        };
+        drop(permit);
+        let name = &self.cluster.name;
+        match verdict {
+            Ok(Review::Confirmed) => {
+                let now = SystemTime::now();
+                self.state.update(name, |s| s.verified_at = Some(now));
+                Some(CheckOutcome::Keep(next))
+            }
+            Ok(Review::Authenticated) => Some(CheckOutcome::Keep(next)),
+            Ok(Review::Unsupported) => Some(CheckOutcome::Keep(None)),
+            Err(IssueError::Rejected(why)) => {
+                let now = SystemTime::now();
+                let expires_in = token
+                    .claims()
+                    .ok()
+                    .and_then(|c| c.expiry().duration_since(now).ok())
+                    .map(|d| Duration::from_secs(d.as_secs()));
+                warn!(
+                    service_account = %self.cluster.service_account,
+                    expires_in = ?expires_in,
+                    error = %why,
+                    "the API server no longer accepts the current token before its expiry (ServiceAccount deleted or recreated, signing key rotated?): re-minting now"
+                );
+                let message = format!("the current token was rejected before its expiry: {why}");
+                self.state.update(name, |s| {
+                    s.rejections += 1;
+                    s.rejected_since.get_or_insert(now);
+                    s.last_error = Some(message);
+                });
+                Some(CheckOutcome::Rejected)
+            }
+            Err(e) => {
+                debug!(error = %e, "could not review the current token; trying again later");
+                Some(CheckOutcome::Keep(next))
+            }
+        }
+    }
+}
+
+/// What a review of the token in use decided.
+enum CheckOutcome {
+    /// Keep it; review again after this long (`None`: not again).
+    Keep(Option<Duration>),
+    /// The API server rejects it: re-mint now.
+    Rejected,
+}
+
+/// `interval` ± 10 %, so reviews that started together drift apart.
+fn jittered(interval: Duration) -> Duration {
+    interval.mul_f64(0.9 + 0.2 * rand::rng().random::<f64>())
+}
+
+/// Sleep until `at`, or forever when there is nothing planned.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -561,6 +707,7 @@ mod tests {
             file_group: None,
             credentials: Credentials::TokenFile("/nonexistent".into()),
             max_chain_age: None,
+            verify: Default::default(),
         })
     }
 

@@ -21,6 +21,9 @@ const DEFAULT_DELAY: Duration = Duration::from_secs(2);
 const DEFAULT_TOKEN_DIR: &str = "/var/lib/mcprom/tokens";
 const DEFAULT_EXPIRATION: Duration = Duration::from_secs(3600);
 const DEFAULT_REFRESH_AT: f64 = 0.8;
+/// Shortest `verify_interval`: the real API server caches a successful
+/// token authentication for about 10 s, so checking more often sees nothing new.
+const MIN_VERIFY_INTERVAL: Duration = Duration::from_secs(10);
 /// `refresh_at` of a self-renewing cluster that does not set its own: the
 /// chain breaks if a token expires unrenewed, so leave half the lifetime to
 /// retry. `[defaults] refresh_at` does not apply to such clusters.
@@ -147,6 +150,7 @@ struct Defaults {
     refresh_at: f64,
     file_mode: u32,
     file_group: Option<String>,
+    verify: Verify,
 }
 
 /// A file a cluster reads: the key naming it, the resolved path, and the
@@ -486,6 +490,14 @@ impl Validator<'_> {
                 .file_group
                 .as_ref()
                 .and_then(|g| self.group_value(g, CX)),
+            verify: Verify {
+                enabled: file.verify.as_ref().is_none_or(|v| *v.get_ref()),
+                interval: file
+                    .verify_interval
+                    .as_ref()
+                    .and_then(|i| self.duration_value(i, CX, "verify_interval", MIN_VERIFY_INTERVAL))
+                    .unwrap_or(DEFAULT_VERIFY_INTERVAL),
+            },
         }
     }
 
@@ -634,6 +646,10 @@ impl Validator<'_> {
             .max_chain_age
             .as_ref()
             .map(|a| self.duration_value(a, cx, "max_chain_age", Duration::from_secs(1)));
+        let verify_interval = match &c.verify_interval {
+            None => Some(defaults.verify.interval),
+            Some(i) => self.duration_value(i, cx, "verify_interval", MIN_VERIFY_INTERVAL),
+        };
         let (credentials, inputs) = self.credentials(c.credentials.as_ref(), offset, cx)?;
         let self_renew = matches!(credentials, Credentials::SelfRenew);
         let refresh_at = match &c.refresh_at {
@@ -687,6 +703,13 @@ impl Validator<'_> {
             max_chain_age: match max_chain_age {
                 None => None,
                 Some(age) => Some(age?),
+            },
+            verify: Verify {
+                enabled: c
+                    .verify
+                    .as_ref()
+                    .map_or(defaults.verify.enabled, |v| *v.get_ref()),
+                interval: verify_interval?,
             },
         };
         Some((settings, files))
