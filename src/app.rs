@@ -61,6 +61,8 @@ pub struct Supervisor {
     clusters: BTreeMap<String, RunningCluster>,
     locks: BTreeMap<PathBuf, DirLock>,
     reloader: Option<RunningReloader>,
+    /// Reads Prometheus's configuration and targets (`consumer`).
+    consumer: Option<RunningReloader>,
     settings: Settings,
 }
 
@@ -95,10 +97,12 @@ impl Supervisor {
             clusters: BTreeMap::new(),
             locks: BTreeMap::new(),
             reloader: None,
+            consumer: None,
             settings: settings.clone(),
         };
         supervisor.lock_token_dirs(&settings)?;
         supervisor.sync_reloader(&settings.prometheus);
+        supervisor.sync_consumer(&settings.prometheus);
         supervisor.sync_clusters(&mut settings);
         if settings.clusters.is_empty() {
             warn!(
@@ -203,6 +207,36 @@ impl Supervisor {
         }
     }
 
+    /// (Re)start reading Prometheus's configuration and targets when its
+    /// settings change. Read-only, slow, and independent of rotation.
+    fn sync_consumer(&mut self, prometheus: &PrometheusSettings) {
+        if self
+            .consumer
+            .as_ref()
+            .is_some_and(|c| &c.settings == prometheus)
+        {
+            return;
+        }
+        if let Some(old) = self.consumer.take() {
+            old.cancel.cancel();
+        }
+        match Reloader::new(prometheus.clone()) {
+            Ok(reader) => {
+                let cancel = self.cancel.child_token();
+                self.tracker.spawn(crate::consumer::watch(
+                    reader,
+                    self.state.clone(),
+                    cancel.clone(),
+                ));
+                self.consumer = Some(RunningReloader {
+                    settings: prometheus.clone(),
+                    cancel,
+                });
+            }
+            Err(e) => warn!(error = %e, "cannot read Prometheus's configuration: which jobs use the token files is not checked"),
+        }
+    }
+
     /// Start added clusters, stop removed ones, restart changed ones. An
     /// unchanged cluster keeps its rotator, and `settings` takes the
     /// rotator's `Arc` in place of its freshly parsed copy, so a reload of
@@ -292,6 +326,7 @@ impl Supervisor {
         }
         self.lock_token_dirs(&settings)?;
         self.sync_reloader(&settings.prometheus);
+        self.sync_consumer(&settings.prometheus);
         if settings.limits != self.settings.limits {
             // One semaphore bounds every rotator: a new limit means new
             // rotators. They adopt the tokens on disk, so this costs no

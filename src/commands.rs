@@ -59,6 +59,8 @@ pub fn status_from_disk(settings: &Settings) -> StatusReport {
                     verified_at: None,
                     rejected_since: None,
                     rejections: 0,
+                    prometheus_jobs: None,
+                    prometheus_targets_rejected: None,
                 }
             })
             .collect(),

@@ -67,6 +67,14 @@ pub struct ClusterReport {
     /// their expiry.
     #[serde(default)]
     pub rejections: u64,
+    /// Prometheus jobs that read this cluster's token file; null while
+    /// Prometheus has not been read (or cannot be).
+    #[serde(default)]
+    pub prometheus_jobs: Option<Vec<String>>,
+    /// Targets of those jobs whose last scrape failed with 401/403; null
+    /// when unknown.
+    #[serde(default)]
+    pub prometheus_targets_rejected: Option<u64>,
 }
 
 /// The `status --json` document.
@@ -143,6 +151,8 @@ impl ClusterReport {
             verified_at: s.verified_at.map(rfc3339),
             rejected_since: s.rejected_since.map(rfc3339),
             rejections: s.rejections,
+            prometheus_jobs: s.prometheus_jobs.clone(),
+            prometheus_targets_rejected: s.prometheus_targets_rejected,
         }
     }
 }
@@ -309,6 +319,8 @@ mod tests {
                 verified_at: None,
                 rejected_since: None,
                 rejections: 0,
+                prometheus_jobs: None,
+                prometheus_targets_rejected: None,
             }],
         };
         let json = serde_json::to_value(&report).unwrap();

@@ -192,6 +192,20 @@ impl Collector for StateCollector {
             Some(&Unit::Seconds),
             by_cluster(&|c| c.verified_at.map(seconds)),
         )?;
+        gauge_family(
+            e,
+            "mcprom_prometheus_jobs",
+            "Prometheus jobs that read the cluster's token file (from Prometheus's loaded configuration; absent while it cannot be read).",
+            None,
+            by_cluster(&|c| c.prometheus_jobs.as_ref().map(|j| j.len() as f64)),
+        )?;
+        gauge_family(
+            e,
+            "mcprom_prometheus_targets_rejected",
+            "Targets of the jobs that read the cluster's token file whose last scrape failed with 401 or 403: Prometheus is presenting a token the cluster rejects.",
+            None,
+            by_cluster(&|c| c.prometheus_targets_rejected.map(|n| n as f64)),
+        )?;
         let reloads = self.0.reloads();
         counter_family(
             e,

@@ -64,6 +64,10 @@ pub struct ClusterStatus {
     pub rejected_since: Option<SystemTime>,
     /// Tokens in use that the API server stopped accepting before their expiry.
     pub rejections: u64,
+    /// Prometheus jobs that read the token file (`None`: Prometheus not read yet or unreadable).
+    pub prometheus_jobs: Option<Vec<String>>,
+    /// Targets of those jobs failing with 401/403 now (`None`: unknown).
+    pub prometheus_targets_rejected: Option<u64>,
 }
 
 impl ClusterStatus {
@@ -86,6 +90,8 @@ impl ClusterStatus {
             verified_at: None,
             rejected_since: None,
             rejections: 0,
+            prometheus_jobs: None,
+            prometheus_targets_rejected: None,
         }
     }
 
