@@ -715,6 +715,35 @@ mod tests {
     }
 
     #[test]
+    fn a_review_must_name_the_service_account_and_a_401_is_a_rejection() {
+        let sub = "system:serviceaccount:kube-system:prom";
+        let ok = br#"{"status":{"userInfo":{"username":"system:serviceaccount:kube-system:prom"}}}"#;
+        assert_eq!(
+            interpret_review(StatusCode::CREATED, ok, sub).unwrap(),
+            Review::Confirmed
+        );
+        let other = br#"{"status":{"userInfo":{"username":"kubernetes-admin"}}}"#;
+        let e = interpret_review(StatusCode::CREATED, other, sub).unwrap_err();
+        assert_eq!(e.metric_label(), "rejected");
+        assert!(e.to_string().contains("\"kubernetes-admin\""), "{e}");
+        let e = interpret_review(StatusCode::UNAUTHORIZED, br#"{"message":"Unauthorized"}"#, sub)
+            .unwrap_err();
+        assert_eq!(e.metric_label(), "rejected");
+        assert_eq!(
+            interpret_review(StatusCode::NOT_FOUND, b"", sub).unwrap(),
+            Review::Unsupported
+        );
+        assert_eq!(
+            interpret_review(StatusCode::FORBIDDEN, b"", sub).unwrap(),
+            Review::Authenticated
+        );
+        let e = interpret_review(StatusCode::SERVICE_UNAVAILABLE, b"", sub).unwrap_err();
+        assert_eq!(e.metric_label(), "server_error");
+        let e = interpret_review(StatusCode::CREATED, b"{}", sub).unwrap_err();
+        assert_eq!(e.metric_label(), "server_error");
+    }
+
+    #[test]
     fn a_dropped_connection_is_unreachable_and_a_bad_certificate_is_tls() {
         let reset = "ServiceError: client error (SendRequest): connection error: peer closed connection without sending TLS close_notify: https://docs.rs/rustls/latest/rustls/manual/_03_howto/index.html#unexpected-eof";
         assert_eq!(
