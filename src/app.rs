@@ -63,6 +63,7 @@ pub struct Supervisor {
     reloader: Option<RunningReloader>,
     /// Reads Prometheus's configuration and targets (`consumer`).
     consumer: Option<RunningReloader>,
+    review_hooks: crate::consumer::ReviewHooks,
     settings: Settings,
 }
 
@@ -98,6 +99,7 @@ impl Supervisor {
             locks: BTreeMap::new(),
             reloader: None,
             consumer: None,
+            review_hooks: Default::default(),
             settings: settings.clone(),
         };
         supervisor.lock_token_dirs(&settings)?;
@@ -226,6 +228,7 @@ impl Supervisor {
                 self.tracker.spawn(crate::consumer::watch(
                     reader,
                     self.state.clone(),
+                    self.review_hooks.clone(),
                     cancel.clone(),
                 ));
                 self.consumer = Some(RunningReloader {
@@ -255,6 +258,7 @@ impl Supervisor {
             if let Some(running) = self.clusters.remove(&name) {
                 running.cancel.cancel();
                 self.state.remove(&name);
+                self.review_hooks.remove(&name);
                 info!(
                     cluster = %name,
                     token_file = %running.settings.token_file.display(),
@@ -304,6 +308,7 @@ impl Supervisor {
             cluster: cluster.clone(),
         };
         let task = self.tracker.spawn(rotator.run());
+        self.review_hooks.insert(&cluster.name, commands.clone());
         self.clusters.insert(
             cluster.name.clone(),
             RunningCluster {

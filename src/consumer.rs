@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::reload::Reloader;
+use crate::rotator::RotateRequests;
 use crate::state::State;
 
 /// How often Prometheus is read when nothing happens.
@@ -239,10 +240,42 @@ async fn read(reloader: &Reloader, path: &str) -> Result<String, String> {
     }
 }
 
+/// The running clusters' request lists, so that a 401/403 seen by
+/// Prometheus makes the cluster's rotator review its token at once.
+#[derive(Debug, Clone, Default)]
+pub struct ReviewHooks(Arc<std::sync::Mutex<HashMap<String, Arc<RotateRequests>>>>);
+
+impl ReviewHooks {
+    /// Register (or replace) a running cluster's request list.
+    pub fn insert(&self, name: &str, requests: Arc<RotateRequests>) {
+        self.lock().insert(name.to_owned(), requests);
+    }
+
+    /// Forget a cluster.
+    pub fn remove(&self, name: &str) {
+        self.lock().remove(name);
+    }
+
+    fn request(&self, name: &str) {
+        if let Some(r) = self.lock().get(name) {
+            r.request_review();
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<RotateRequests>>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// Read Prometheus every [`PERIOD`] and soon after each reload until
 /// `cancel`; report findings once each (again after they went away and
 /// came back) and keep the per-cluster figures in `state`.
-pub async fn watch(reloader: Reloader, state: Arc<State>, cancel: CancellationToken) {
+pub async fn watch(
+    reloader: Reloader,
+    state: Arc<State>,
+    review: ReviewHooks,
+    cancel: CancellationToken,
+) {
     let mut reported: BTreeSet<String> = BTreeSet::new();
     let mut failing: Option<String> = None;
     let mut last_reloads = u64::MAX;
@@ -268,6 +301,9 @@ pub async fn watch(reloader: Reloader, state: Arc<State>, cancel: CancellationTo
                     }
                     reported = now;
                     for (name, usage) in findings.usage {
+                        if usage.rejected > 0 {
+                            review.request(&name);
+                        }
                         state.update(&name, |s| {
                             s.prometheus_jobs = Some(usage.jobs);
                             s.prometheus_targets_rejected = Some(usage.rejected);

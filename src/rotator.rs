@@ -37,6 +37,8 @@ pub struct RotateRequests {
     /// `None` once the rotator has stopped.
     pending: std::sync::Mutex<Option<Vec<RotateReply>>>,
     wake: Notify,
+    /// "Review the token in use now" (Prometheus saw a 401/403).
+    review: Notify,
 }
 
 impl RotateRequests {
@@ -45,7 +47,13 @@ impl RotateRequests {
         Arc::new(RotateRequests {
             pending: std::sync::Mutex::new(Some(Vec::new())),
             wake: Notify::new(),
+            review: Notify::new(),
         })
+    }
+
+    /// Ask for a review of the token in use now (when `verify` is on).
+    pub fn request_review(&self) {
+        self.review.notify_one();
     }
 
     /// Ask for a refresh. `None` when the cluster's rotation has stopped.
@@ -247,6 +255,12 @@ impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
                     continue;
                 }
                 () = tokio::time::sleep_until(plan.at) => {}
+                () = self.commands.review.notified(), if self.cluster.verify.enabled => {
+                    // A consumer saw its scrapes refused: review now
+                    // (at most once per consumer read, every few minutes).
+                    check = Some(Instant::now());
+                    continue;
+                }
                 Ok(()) = self.clock_jumps.changed() => {
                     if SystemTime::now() < plan.at_wall {
                         continue;

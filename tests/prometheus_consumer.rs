@@ -133,3 +133,60 @@ async fn a_typo_in_a_credentials_file_is_named_and_a_rejected_token_is_counted()
         "the typo'd job fails, but not with 401/403, and reads no managed file"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_401_seen_by_prometheus_makes_mcprom_review_and_re_mint_at_once() {
+    let sim = Sim::start(&["--clusters", "2"]);
+    let work = tempfile::tempdir().unwrap();
+    let prom = Prometheus::start(
+        &work.path().join("prometheus"),
+        &prometheus_yml(work.path(), &sim),
+        true,
+    );
+    prom.ready().await;
+    let conf = Conf {
+        reload_url: Some(prom.url()),
+        // The periodic review alone would notice only after an hour.
+        extra_defaults: "verify_interval = \"1h\"".into(),
+        ..Conf::default()
+    };
+    let rig = Rig::start_with(sim, work, &conf, None, |_| {});
+    rig.first_tokens(&["c1", "c2"]).await;
+    let old = rig.token("c1");
+    eventually(WITHIN, "c1 scraped with the token", || async {
+        (target(&prom, "c1-cadvisor").await?.0 == "up").then_some(())
+    })
+    .await;
+    rig.sim
+        .control(reqwest::Method::POST, "/clusters/c1/signing-key/rotate", None)
+        .await;
+    eventually(WITHIN, "Prometheus sees 401 for c1", || async {
+        let t = target(&prom, "c1-cadvisor").await?;
+        (t.0 == "down" && t.1.contains("401")).then_some(())
+    })
+    .await;
+    let started = std::time::Instant::now();
+    // A reload (after c2's rotation) makes mcprom read Prometheus again.
+    assert!(rig.rotate("c2").await.status.success());
+    let new = eventually(WITHIN, "c1 re-minted", || async {
+        let t = read_token(&rig.token_path("c1"))?;
+        (t != old).then_some(t)
+    })
+    .await;
+    assert!(rig.sim.accepts("c1", &new).await);
+    assert!(
+        rig.daemon
+            .log()
+            .contains("no longer accepts the current token"),
+        "{}",
+        rig.daemon.log()
+    );
+    eventually(WITHIN, "Prometheus scrapes c1 again", || async {
+        (target(&prom, "c1-cadvisor").await?.0 == "up").then_some(())
+    })
+    .await;
+    eprintln!(
+        "figures: Prometheus 401 → (reload, consumer read, review) → new token and up again in {:.1?}",
+        started.elapsed()
+    );
+}
