@@ -236,7 +236,9 @@ impl Supervisor {
                     cancel,
                 });
             }
-            Err(e) => warn!(error = %e, "cannot read Prometheus's configuration: which jobs use the token files is not checked"),
+            Err(e) => {
+                warn!(error = %e, "cannot read Prometheus's configuration: which jobs use the token files is not checked")
+            }
         }
     }
 

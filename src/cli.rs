@@ -296,7 +296,11 @@ fn check(path: &std::path::Path, online: bool, mint: bool) -> Result<(), u8> {
             }
         );
     }
-    let failed = online && runtime()?.block_on(crate::online::run(&settings, mint)).failed > 0;
+    let failed = online
+        && runtime()?
+            .block_on(crate::online::run(&settings, mint))
+            .failed
+            > 0;
     if !problems.is_empty() {
         Err(exit::CONFIG)
     } else if failed {

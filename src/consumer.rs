@@ -45,8 +45,8 @@ pub struct Job {
 /// The jobs of a Prometheus configuration (YAML, as `/api/v1/status/config`
 /// returns it: paths already absolute).
 pub fn jobs(yaml: &str) -> Result<Vec<Job>, String> {
-    let doc: Yaml =
-        serde_yaml_ng::from_str(yaml).map_err(|e| format!("cannot parse its configuration: {e}"))?;
+    let doc: Yaml = serde_yaml_ng::from_str(yaml)
+        .map_err(|e| format!("cannot parse its configuration: {e}"))?;
     let mut out = Vec::new();
     let Some(configs) = doc.get("scrape_configs").and_then(Yaml::as_sequence) else {
         return Ok(out);
@@ -210,7 +210,10 @@ pub fn cross_check(
 }
 
 /// Read Prometheus and cross-check it with the clusters in `state`.
-pub async fn check(reloader: &Reloader, clusters: &[(String, PathBuf)]) -> Result<Findings, String> {
+pub async fn check(
+    reloader: &Reloader,
+    clusters: &[(String, PathBuf)],
+) -> Result<Findings, String> {
     let config = read(reloader, "/api/v1/status/config").await?;
     let config: serde_json::Value = serde_json::from_str(&config)
         .map_err(|e| format!("cannot parse /api/v1/status/config: {e}"))?;
@@ -263,7 +266,9 @@ impl ReviewHooks {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<RotateRequests>>> {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -361,7 +366,12 @@ scrape_configs:
     fn clusters() -> Vec<(String, PathBuf)> {
         ["prod", "staging", "dev"]
             .iter()
-            .map(|n| (n.to_string(), format!("/var/lib/mcprom/tokens/{n}.token").into()))
+            .map(|n| {
+                (
+                    n.to_string(),
+                    format!("/var/lib/mcprom/tokens/{n}.token").into(),
+                )
+            })
             .collect()
     }
 
@@ -387,7 +397,11 @@ scrape_configs:
         assert_eq!(f.usage["staging"].rejected, 0);
         assert!(f.usage["dev"].jobs.is_empty());
         assert_eq!(f.warnings.len(), 2, "{:?}", f.warnings);
-        assert!(f.warnings[0].contains("cluster \"dev\""), "{:?}", f.warnings);
+        assert!(
+            f.warnings[0].contains("cluster \"dev\""),
+            "{:?}",
+            f.warnings
+        );
         assert!(
             f.warnings[1].contains("job \"typo\" reads /var/lib/mcprom/tokens/prdo.token")
                 && f.warnings[1].contains("did you mean /var/lib/mcprom/tokens/prod.token?"),

@@ -717,7 +717,8 @@ mod tests {
     #[test]
     fn a_review_must_name_the_service_account_and_a_401_is_a_rejection() {
         let sub = "system:serviceaccount:kube-system:prom";
-        let ok = br#"{"status":{"userInfo":{"username":"system:serviceaccount:kube-system:prom"}}}"#;
+        let ok =
+            br#"{"status":{"userInfo":{"username":"system:serviceaccount:kube-system:prom"}}}"#;
         assert_eq!(
             interpret_review(StatusCode::CREATED, ok, sub).unwrap(),
             Review::Confirmed
@@ -726,8 +727,12 @@ mod tests {
         let e = interpret_review(StatusCode::CREATED, other, sub).unwrap_err();
         assert_eq!(e.metric_label(), "rejected");
         assert!(e.to_string().contains("\"kubernetes-admin\""), "{e}");
-        let e = interpret_review(StatusCode::UNAUTHORIZED, br#"{"message":"Unauthorized"}"#, sub)
-            .unwrap_err();
+        let e = interpret_review(
+            StatusCode::UNAUTHORIZED,
+            br#"{"message":"Unauthorized"}"#,
+            sub,
+        )
+        .unwrap_err();
         assert_eq!(e.metric_label(), "rejected");
         assert_eq!(
             interpret_review(StatusCode::NOT_FOUND, b"", sub).unwrap(),

@@ -490,10 +490,9 @@ async fn review_token_file(cluster: &ClusterSettings, s: &mut Section) {
     let issuer = issuer::KubeIssuer::new(Arc::new(cluster.clone()), REQUEST_TIMEOUT);
     let what = format!("token file {path} accepted by the API server");
     match issuer.review_token(&token).await {
-        Ok(issuer::Review::Confirmed) => s.pass(format!(
-            "{what} as {}",
-            cluster.service_account.subject()
-        )),
+        Ok(issuer::Review::Confirmed) => {
+            s.pass(format!("{what} as {}", cluster.service_account.subject()))
+        }
         Ok(issuer::Review::Authenticated) => s.pass(what),
         Ok(issuer::Review::Unsupported) => s.not_checked(
             &what,
@@ -527,7 +526,10 @@ async fn mint_and_verify(cluster: &ClusterSettings, s: &mut Section) {
     let issued = match issuer.issue(&spec).await {
         Ok(issued) => issued,
         Err(e) => {
-            s.fail(format!("{what}: {e}"), "mcprom's rotations fail the same way");
+            s.fail(
+                format!("{what}: {e}"),
+                "mcprom's rotations fail the same way",
+            );
             return;
         }
     };
@@ -1123,7 +1125,10 @@ pub async fn check_prometheus_jobs(
         if usage.jobs.is_empty() {
             continue; // a warning below
         }
-        let what = format!("cluster {cluster:?}: token file read by {}", usage.jobs.join(", "));
+        let what = format!(
+            "cluster {cluster:?}: token file read by {}",
+            usage.jobs.join(", ")
+        );
         if usage.rejected > 0 {
             s.fail(
                 format!("{what}: {} targets fail with 401/403", usage.rejected),

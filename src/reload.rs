@@ -222,7 +222,11 @@ impl Reloader {
     }
 
     /// Like [`Reloader::get`], keeping at most `limit` characters of the body.
-    pub async fn get_limited(&self, path: &str, limit: usize) -> Result<(u16, String), ReloadError> {
+    pub async fn get_limited(
+        &self,
+        path: &str,
+        limit: usize,
+    ) -> Result<(u16, String), ReloadError> {
         let request = self.authorize(self.client.get(self.url(path)))?;
         let response = request.send().await.map_err(|e| self.transport_error(e))?;
         let status = response.status().as_u16();

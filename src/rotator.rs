@@ -301,7 +301,9 @@ impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
                     };
                     if review == Some(Review::Unsupported) && !unsupported_logged {
                         unsupported_logged = true;
-                        info!("the API server has no SelfSubjectReview (Kubernetes before 1.28): new tokens are written unverified");
+                        info!(
+                            "the API server has no SelfSubjectReview (Kubernetes before 1.28): new tokens are written unverified"
+                        );
                     }
                     expired_reported = false;
                     let requested = self.cluster.expiration;

@@ -248,17 +248,23 @@ async fn a_healthy_setup_passes_every_check_and_changes_nothing() {
         "{out}"
     );
     assert!(
-        out.hint("far more powerful").contains("least-privilege identity `mcprom rbac c1` sets up"),
+        out.hint("far more powerful")
+            .contains("least-privilege identity `mcprom rbac c1` sets up"),
         "{out}"
     );
     assert_eq!(
-        out.mark(&format!("token file {}: does not hold", token_file.display())),
+        out.mark(&format!(
+            "token file {}: does not hold",
+            token_file.display()
+        )),
         '!',
         "{out}"
     );
     for cluster in ["c1", "c2"] {
         assert_eq!(
-            out.mark(&format!("no Prometheus job reads the token file of cluster \"{cluster}\"")),
+            out.mark(&format!(
+                "no Prometheus job reads the token file of cluster \"{cluster}\""
+            )),
             '!',
             "{out}"
         );
@@ -696,8 +702,12 @@ async fn mint_checks_identity_and_audience_and_the_token_on_disk_is_reviewed() {
     // c2's file holds a token that worked until its signing key rotated.
     let dead = sim.mint("c2", 3600).await;
     std::fs::write(tokens.join("c2.token"), &dead).unwrap();
-    sim.control(reqwest::Method::POST, "/clusters/c2/signing-key/rotate", None)
-        .await;
+    sim.control(
+        reqwest::Method::POST,
+        "/clusters/c2/signing-key/rotate",
+        None,
+    )
+    .await;
     let config = write_config(
         &sim,
         dir.path(),
@@ -720,8 +730,16 @@ async fn mint_checks_identity_and_audience_and_the_token_on_disk_is_reviewed() {
         line.contains('✘') && line.contains("does not accept the token (401"),
         "{out}"
     );
-    assert!(out.hint(&format!("token file {}", tokens.join("c2.token").display())).contains("mcprom rotate c2"), "{out}");
-    assert_eq!(sim.token_requests("c2").await, minted_before, "no TokenRequest");
+    assert!(
+        out.hint(&format!("token file {}", tokens.join("c2.token").display()))
+            .contains("mcprom rotate c2"),
+        "{out}"
+    );
+    assert_eq!(
+        sim.token_requests("c2").await,
+        minted_before,
+        "no TokenRequest"
+    );
 
     // --mint: c1's audience is refused, with the server's own named; c2's
     // new token works. Nothing is written.
@@ -734,11 +752,16 @@ async fn mint_checks_identity_and_audience_and_the_token_on_disk_is_reviewed() {
         "{out}"
     );
     assert!(
-        out.stdout.contains("✔ a 10-minute token for kube-system/prometheus-test minted and accepted (audiences"),
+        out.stdout.contains(
+            "✔ a 10-minute token for kube-system/prometheus-test minted and accepted (audiences"
+        ),
         "{out}"
     );
     assert!(!tokens.join("c1.token").exists(), "nothing written");
-    assert_eq!(std::fs::read_to_string(tokens.join("c2.token")).unwrap(), dead);
+    assert_eq!(
+        std::fs::read_to_string(tokens.join("c2.token")).unwrap(),
+        dead
+    );
     let claims_seen = sim.stats().await["clusters"]["c1"]["last_exp"].clone();
     assert!(claims_seen.is_object(), "c1 minted: {claims_seen}");
 }

@@ -22,7 +22,10 @@ fn prometheus_yml(work: &std::path::Path, sim: &Sim) -> String {
     let mut text = String::from(
         "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\nscrape_configs:\n",
     );
-    for (job, cluster, file) in [("c1-cadvisor", "c1", "c1.token"), ("c2-cadvisor", "c2", "c2.tokn")] {
+    for (job, cluster, file) in [
+        ("c1-cadvisor", "c1", "c1.token"),
+        ("c2-cadvisor", "c2", "c2.tokn"),
+    ] {
         text.push_str(&format!(
             "  - job_name: {job}\n    scheme: https\n    metrics_path: {CADVISOR_PATH}\n    authorization:\n      type: Bearer\n      credentials_file: {}\n    tls_config:\n      ca_file: {}\n    static_configs:\n      - targets: ['{}']\n",
             work.join("tokens").join(file).display(),
@@ -96,7 +99,11 @@ async fn a_typo_in_a_credentials_file_is_named_and_a_rejected_token_is_counted()
     );
     assert_eq!(rig.daemon.count(&typo), 1, "reported once");
     let c1 = rig.status("c1");
-    assert_eq!(c1["prometheus_jobs"], serde_json::json!(["c1-cadvisor"]), "{c1}");
+    assert_eq!(
+        c1["prometheus_jobs"],
+        serde_json::json!(["c1-cadvisor"]),
+        "{c1}"
+    );
     assert_eq!(rig.status("c2")["prometheus_jobs"], serde_json::json!([]));
     assert_eq!(
         rig.metric("mcprom_prometheus_jobs{cluster=\"c2\"}").await,
@@ -109,7 +116,11 @@ async fn a_typo_in_a_credentials_file_is_named_and_a_rejected_token_is_counted()
     })
     .await;
     rig.sim
-        .control(reqwest::Method::POST, "/clusters/c1/signing-key/rotate", None)
+        .control(
+            reqwest::Method::POST,
+            "/clusters/c1/signing-key/rotate",
+            None,
+        )
         .await;
     let (_, error) = eventually(WITHIN, "Prometheus sees 401 for c1", || async {
         let t = target(&prom, "c1-cadvisor").await?;
@@ -121,8 +132,10 @@ async fn a_typo_in_a_credentials_file_is_named_and_a_rejected_token_is_counted()
     let out = rig.rotate("c2").await;
     assert!(out.status.success(), "{out:?}");
     eventually(WITHIN, "mcprom counts c1's rejected target", || async {
-        (rig.metric("mcprom_prometheus_targets_rejected{cluster=\"c1\"}").await == Some(1.0))
-            .then_some(())
+        (rig.metric("mcprom_prometheus_targets_rejected{cluster=\"c1\"}")
+            .await
+            == Some(1.0))
+        .then_some(())
     })
     .await;
     assert_eq!(rig.status("c1")["prometheus_targets_rejected"], 1);
@@ -158,7 +171,11 @@ async fn a_401_seen_by_prometheus_makes_mcprom_review_and_re_mint_at_once() {
     })
     .await;
     rig.sim
-        .control(reqwest::Method::POST, "/clusters/c1/signing-key/rotate", None)
+        .control(
+            reqwest::Method::POST,
+            "/clusters/c1/signing-key/rotate",
+            None,
+        )
         .await;
     eventually(WITHIN, "Prometheus sees 401 for c1", || async {
         let t = target(&prom, "c1-cadvisor").await?;

@@ -130,10 +130,7 @@ async fn a_deleted_service_account_keeps_the_file_says_not_found_and_recovers_on
         "{status}"
     );
     assert!(
-        sample(
-            &rig.metrics().await,
-            "mcprom_token_valid{cluster=\"c1\"}"
-        ) == Some(0.0),
+        sample(&rig.metrics().await, "mcprom_token_valid{cluster=\"c1\"}") == Some(0.0),
         "a rejected token is not valid"
     );
     let out = mcprom_cli(&rig.config, &["status"]);
@@ -141,7 +138,9 @@ async fn a_deleted_service_account_keeps_the_file_says_not_found_and_recovers_on
     let started = Instant::now();
     rig.sim.control(reqwest::Method::POST, sa, None).await;
     let took = re_minted_after(&rig, &old, started).await;
-    eprintln!("figures: ServiceAccount recreated after deletion → working token on disk in {took:.1?}");
+    eprintln!(
+        "figures: ServiceAccount recreated after deletion → working token on disk in {took:.1?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -159,18 +158,25 @@ async fn a_token_for_an_audience_the_server_does_not_accept_is_never_written() {
         (rig.refresh_errors("c1", "rejected").await >= 1.0).then_some(())
     })
     .await;
-    assert!(rig.token_requests("c1").await > minted, "a token was minted");
+    assert!(
+        rig.token_requests("c1").await > minted,
+        "a token was minted"
+    );
     rig.token_stays("c1", &old, Duration::from_secs(3)).await;
     let says = "the API server does not accept audience \"https://kubernetes.default.svc\"; \
                 its audiences are \"https://kubernetes.default.svc.cluster.local\"";
     let log = rig.daemon.log();
     assert!(
-        log.lines().any(|l| l.contains(says) && l.contains("rejected")),
+        log.lines()
+            .any(|l| l.contains(says) && l.contains("rejected")),
         "{log}"
     );
     let status = rig.status("c1");
     assert!(
-        status["last_error"].as_str().unwrap_or_default().contains(says),
+        status["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(says),
         "{status}"
     );
     assert!(!log.contains(&old), "no token value in the log");

@@ -916,8 +916,11 @@ fn verify_is_on_by_default_and_set_in_defaults_or_per_cluster() {
     assert_eq!(c.verify.interval, Duration::from_secs(1800));
     let text = format!(
         "[defaults]\nverify = false\nverify_interval = \"5m\"\n\n{PROD}\n{}",
-        PROD.replace("name = \"prod\"", "name = \"dev\"\nverify = true\nverify_interval = \"1m\"")
-            .replace("prod/kubeconfig", "dev/kubeconfig")
+        PROD.replace(
+            "name = \"prod\"",
+            "name = \"dev\"\nverify = true\nverify_interval = \"1m\""
+        )
+        .replace("prod/kubeconfig", "dev/kubeconfig")
     );
     let settings = ok(&text);
     let (prod, dev) = (&settings.clusters[0], &settings.clusters[1]);
@@ -925,7 +928,10 @@ fn verify_is_on_by_default_and_set_in_defaults_or_per_cluster() {
     assert_eq!(prod.verify.interval, Duration::from_secs(300));
     assert!(dev.verify.enabled);
     assert_eq!(dev.verify.interval, Duration::from_secs(60));
-    let too_short = PROD.replace("name = \"prod\"", "name = \"prod\"\nverify_interval = \"1s\"");
+    let too_short = PROD.replace(
+        "name = \"prod\"",
+        "name = \"prod\"\nverify_interval = \"1s\"",
+    );
     rejects_with(
         &too_short,
         "/etc/mcprom.toml:3:19: cluster \"prod\": key \"verify_interval\"",

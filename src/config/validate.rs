@@ -495,7 +495,9 @@ impl Validator<'_> {
                 interval: file
                     .verify_interval
                     .as_ref()
-                    .and_then(|i| self.duration_value(i, CX, "verify_interval", MIN_VERIFY_INTERVAL))
+                    .and_then(|i| {
+                        self.duration_value(i, CX, "verify_interval", MIN_VERIFY_INTERVAL)
+                    })
                     .unwrap_or(DEFAULT_VERIFY_INTERVAL),
             },
         }
