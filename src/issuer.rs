@@ -172,6 +172,10 @@ impl IssueError {
 pub struct KubeIssuer {
     cluster: Arc<ClusterSettings>,
     timeout: Duration,
+    /// The configuration of the last TokenRequest, kept from `issue` to
+    /// `verify` (only then: idle clusters pin nothing) so the review does
+    /// not read and parse the credential files again.
+    last_config: Arc<std::sync::Mutex<Option<kube::Config>>>,
 }
 
 /// How long one TokenRequest may take, connection included.
@@ -180,7 +184,11 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 impl KubeIssuer {
     /// An issuer for `cluster`.
     pub fn new(cluster: Arc<ClusterSettings>, timeout: Duration) -> Self {
-        KubeIssuer { cluster, timeout }
+        KubeIssuer {
+            cluster,
+            timeout,
+            last_config: Arc::default(),
+        }
     }
 }
 
@@ -515,7 +523,16 @@ impl Issuer for KubeIssuer {
     }
 
     async fn verify(&self, issued: &IssuedToken) -> Result<Review, IssueError> {
-        match self.review_token(&issued.token).await {
+        let cached = self
+            .last_config
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        let review = match cached {
+            Some(config) => self.review_with(config, &issued.token).await,
+            None => self.review_token(&issued.token).await,
+        };
+        match review {
             Err(IssueError::Rejected(message)) => Err(IssueError::Rejected(
                 self.explain_rejection(issued, message).await,
             )),
@@ -547,7 +564,15 @@ impl KubeIssuer {
     /// the token as the only credential (a client certificate would win
     /// over it: the API server tries certificates first).
     pub async fn review_token(&self, token: &Token) -> Result<Review, IssueError> {
-        let mut config = kube_config(&self.cluster, self.timeout).await?;
+        let config = kube_config(&self.cluster, self.timeout).await?;
+        self.review_with(config, token).await
+    }
+
+    async fn review_with(
+        &self,
+        mut config: kube::Config,
+        token: &Token,
+    ) -> Result<Review, IssueError> {
         config.auth_info = kube::config::AuthInfo {
             token: Some(secrecy::SecretString::from(token.expose().to_owned())),
             ..kube::config::AuthInfo::default()
@@ -593,7 +618,12 @@ impl KubeIssuer {
                 expiration: self.cluster.expiration.min(Duration::from_secs(600)),
                 audiences: Vec::new(),
             };
-            if let Ok(default) = self.request(&probe).await {
+            let probed = self.request(&probe).await;
+            self.last_config
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            if let Ok(default) = probed {
                 let accepted = &default.claims.audiences;
                 if !accepted.is_empty() && !wanted.iter().any(|a| accepted.contains(a)) {
                     return format!(
@@ -619,6 +649,12 @@ impl KubeIssuer {
     async fn request(&self, spec: &TokenSpec) -> Result<IssuedToken, IssueError> {
         let config = kube_config(&self.cluster, self.timeout).await?;
         let credential_expires_at = credential_expiry(&config);
+        if self.cluster.verify.enabled {
+            *self
+                .last_config
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(config.clone());
+        }
         let client = kube::Client::try_from(config).map_err(|e| IssueError::Config(chain(&e)))?;
         let sa = &self.cluster.service_account;
         let request = TokenRequest {

@@ -69,7 +69,7 @@ pub struct DefaultsFile {
     pub file_group: Option<Spanned<String>>,
     /// Review tokens with the API server (default true).
     pub verify: Option<Spanned<bool>>,
-    /// How often the token in use is reviewed (default `30m`).
+    /// How often the token in use is reviewed (default `1h`).
     pub verify_interval: Option<Spanned<String>>,
 }
 

@@ -913,7 +913,7 @@ fn verify_is_on_by_default_and_set_in_defaults_or_per_cluster() {
     let c = &ok(PROD).clusters[0];
     assert_eq!(c.verify, crate::config::Verify::default());
     assert!(c.verify.enabled);
-    assert_eq!(c.verify.interval, Duration::from_secs(1800));
+    assert_eq!(c.verify.interval, Duration::from_secs(3600));
     let text = format!(
         "[defaults]\nverify = false\nverify_interval = \"5m\"\n\n{PROD}\n{}",
         PROD.replace(
