@@ -500,7 +500,13 @@ impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
     /// `None` when the server cannot be asked) or to re-mint now.
     async fn check_token(&mut self) -> Option<CheckOutcome> {
         let next = Some(jittered(self.cluster.verify.interval));
-        let Some(token) = self.sink.current() else {
+        // An expired token is the refresh schedule's business, not an
+        // early death: only a token still within its lifetime is reviewed.
+        let Some(token) = self
+            .sink
+            .current()
+            .filter(|t| t.claims().is_ok_and(|c| c.expiry() > SystemTime::now()))
+        else {
             return Some(CheckOutcome::Keep(next));
         };
         let permit = tokio::select! {
@@ -669,9 +675,19 @@ mod tests {
         calls: Arc<AtomicUsize>,
         lifetime: u64,
         fail: Vec<usize>,
+        /// While set, the "API server" rejects every token it is shown.
+        rejecting: Arc<std::sync::atomic::AtomicBool>,
     }
 
     impl Issuer for FakeIssuer {
+        async fn review(&self, _token: &Token) -> Result<Review, IssueError> {
+            if self.rejecting.load(Ordering::SeqCst) {
+                Err(IssueError::Rejected("401 Unauthorized".into()))
+            } else {
+                Ok(Review::Confirmed)
+            }
+        }
+
         async fn issue(&self, _spec: &TokenSpec) -> Result<IssuedToken, IssueError> {
             let n = self.calls.fetch_add(1, Ordering::SeqCst);
             if self.fail.contains(&n) {
@@ -723,12 +739,16 @@ mod tests {
             file_group: None,
             credentials: Credentials::TokenFile("/nonexistent".into()),
             max_chain_age: None,
-            verify: Default::default(),
+            verify: crate::config::Verify {
+                enabled: true,
+                interval: Duration::from_secs(600),
+            },
         })
     }
 
     struct Harness {
         calls: Arc<AtomicUsize>,
+        rejecting: Arc<std::sync::atomic::AtomicBool>,
         sink: MemorySink,
         queue: ReloadQueue,
         cancel: CancellationToken,
@@ -740,6 +760,7 @@ mod tests {
 
     fn start(fail: Vec<usize>, sink: MemorySink) -> Harness {
         let calls = Arc::new(AtomicUsize::new(0));
+        let rejecting = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let state = Arc::new(State::default());
         state.insert(ClusterStatus::new(
             "c1",
@@ -756,6 +777,7 @@ mod tests {
                 calls: calls.clone(),
                 lifetime: 3600,
                 fail,
+                rejecting: rejecting.clone(),
             },
             sink: sink.clone(),
             reload: queue.clone(),
@@ -767,6 +789,7 @@ mod tests {
         };
         Harness {
             calls,
+            rejecting,
             sink,
             queue,
             cancel,
@@ -830,6 +853,37 @@ mod tests {
         let status = h.state.clusters().remove(0);
         assert_eq!(status.state, Phase::Fresh);
         assert_eq!(status.errors.get("server_error"), Some(&3));
+        h.cancel.cancel();
+        h.handle.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_token_rejected_before_its_expiry_is_re_minted_without_waiting_for_the_schedule() {
+        let h = start(vec![], MemorySink::default());
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(h.calls.load(Ordering::SeqCst), 1);
+        h.rejecting.store(true, Ordering::SeqCst);
+        // Reviewed every 10 min ± 10 %: not yet at 8 min...
+        tokio::time::sleep(Duration::from_secs(8 * 60)).await;
+        assert_eq!(h.calls.load(Ordering::SeqCst), 1);
+        // ...noticed by 11 min and re-minted, not at the refresh (48 min);
+        // the new tokens are rejected too and retried with backoff.
+        tokio::time::sleep(Duration::from_secs(3 * 60)).await;
+        let calls = h.calls.load(Ordering::SeqCst);
+        assert!((2..=12).contains(&calls), "re-minted, boundedly: {calls}");
+        let status = h.state.clusters().remove(0);
+        assert_eq!(status.rejections, 1);
+        assert!(status.rejected_since.is_some());
+        assert!(!status.valid_at(SystemTime::now()));
+        // The new token is rejected at birth too: not written, backoff.
+        assert_eq!(h.sink.0.lock().unwrap().len(), 1, "nothing written");
+        assert!(status.errors.get("rejected").is_some_and(|n| *n >= 1));
+        h.rejecting.store(false, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(5 * 60)).await;
+        assert_eq!(h.sink.0.lock().unwrap().len(), 2, "written once accepted");
+        let status = h.state.clusters().remove(0);
+        assert_eq!(status.rejected_since, None);
+        assert!(status.verified_at.is_some());
         h.cancel.cancel();
         h.handle.await.unwrap();
     }
