@@ -431,7 +431,6 @@ impl Fingerprint {
 /// A config re-read, done off the main loop: what [`Daemon::finish_reload`]
 /// applies.
 // One value per config re-read, moved once: boxing the large variant saves nothing.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum Prepared {
     /// A file event, and the content is what was last applied (or a
