@@ -332,10 +332,12 @@ async fn a_self_renewing_cluster_seeded_with_kubectl_create_token_renews_itself(
 }
 
 /// Audiences the server does not accept: the TokenRequest succeeds (201)
-/// and the token is refused on use (401). Records what `check --online`
-/// says about it.
+/// but the token would be refused on use (401). mcprom's review of each new
+/// token catches it: nothing is written, the status names the audiences,
+/// and `check --online --mint` fails with the same words. Once the server
+/// accepts the audience, mcprom writes a token that works.
 #[tokio::test]
-async fn a_token_for_an_audience_the_server_does_not_accept_is_minted_then_refused() {
+async fn a_token_for_an_audience_the_server_does_not_accept_is_never_written() {
     let world = World::start(1, 1, &[]);
     let work = world.path().join("aud");
     let config = world.user_config(
@@ -345,20 +347,32 @@ async fn a_token_for_an_audience_the_server_does_not_accept_is_minted_then_refus
         "",
         "audiences = [\"https://kubernetes.default.svc\"]",
     );
-    let check = Checked::run(&config);
-    let mut daemon = Daemon::start(&config, "info");
-    let token = new_token(&work, "c1", None, TOKEN_WAIT).await;
-    assert_eq!(claims(&token)["aud"][0], "https://kubernetes.default.svc");
-    // Minted, then refused on use: what Prometheus would get.
-    assert_eq!(world.status_for_token("c1", &token).await, 401);
-    // What check --online says: recorded (token verification is issue 18).
+    let said = "does not accept audience \"https://kubernetes.default.svc\"";
+    // Without --mint nothing is minted, so nothing can tell (recorded).
+    let plain = Checked::run(&config);
     eprintln!(
         "wrong audience: check --online exit ok = {}, ✘ lines = {}",
-        check.ok,
-        check.fails()
+        plain.ok,
+        plain.fails()
     );
-    let (exit, _) = daemon.terminate();
-    assert!(exit.success(), "{}", daemon.log());
+    let out = mcprom(&config, &["check", "--online", "--mint"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.lines().any(|l| l.contains('✘') && l.contains(said)),
+        "{text}"
+    );
+
+    let mut daemon = Daemon::start(&config, "info");
+    let status = eventually(Duration::from_secs(90), "the audience error", || async {
+        let s = status_of(&config, "c1");
+        s["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains(said))
+            .then_some(s)
+    })
+    .await;
+    assert!(token_in(&work, "c1").is_none(), "{status}");
 
     // The same audience accepted once the server lists it.
     world.ctl(&[
@@ -367,7 +381,11 @@ async fn a_token_for_an_audience_the_server_does_not_accept_is_minted_then_refus
         "--api-audiences",
         "https://kubernetes.default.svc.cluster.local,https://kubernetes.default.svc",
     ]);
+    let token = new_token(&work, "c1", None, Duration::from_secs(120)).await;
+    assert_eq!(claims(&token)["aud"][0], "https://kubernetes.default.svc");
     assert_eq!(world.status_for_token("c1", &token).await, 200);
+    let (exit, _) = daemon.terminate();
+    assert!(exit.success(), "{}", daemon.log());
 }
 
 /// The ServiceAccount deleted and recreated: the old token dies on the
