@@ -61,6 +61,9 @@ pub struct Supervisor {
     clusters: BTreeMap<String, RunningCluster>,
     locks: BTreeMap<PathBuf, DirLock>,
     reloader: Option<RunningReloader>,
+    /// Reads Prometheus's configuration and targets (`consumer`).
+    consumer: Option<RunningReloader>,
+    review_hooks: crate::consumer::ReviewHooks,
     settings: Settings,
 }
 
@@ -95,10 +98,13 @@ impl Supervisor {
             clusters: BTreeMap::new(),
             locks: BTreeMap::new(),
             reloader: None,
+            consumer: None,
+            review_hooks: Default::default(),
             settings: settings.clone(),
         };
         supervisor.lock_token_dirs(&settings)?;
         supervisor.sync_reloader(&settings.prometheus);
+        supervisor.sync_consumer(&settings.prometheus);
         supervisor.sync_clusters(&mut settings);
         if settings.clusters.is_empty() {
             warn!(
@@ -202,6 +208,39 @@ impl Supervisor {
         }
     }
 
+    /// (Re)start reading Prometheus's configuration and targets when its
+    /// settings change. Read-only, slow, and independent of rotation.
+    fn sync_consumer(&mut self, prometheus: &PrometheusSettings) {
+        if self
+            .consumer
+            .as_ref()
+            .is_some_and(|c| &c.settings == prometheus)
+        {
+            return;
+        }
+        if let Some(old) = self.consumer.take() {
+            old.cancel.cancel();
+        }
+        match Reloader::new(prometheus.clone()) {
+            Ok(reader) => {
+                let cancel = self.cancel.child_token();
+                self.tracker.spawn(crate::consumer::watch(
+                    reader,
+                    self.state.clone(),
+                    self.review_hooks.clone(),
+                    cancel.clone(),
+                ));
+                self.consumer = Some(RunningReloader {
+                    settings: prometheus.clone(),
+                    cancel,
+                });
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot read Prometheus's configuration: which jobs use the token files is not checked")
+            }
+        }
+    }
+
     /// Start added clusters, stop removed ones, restart changed ones. An
     /// unchanged cluster keeps its rotator, and `settings` takes the
     /// rotator's `Arc` in place of its freshly parsed copy, so a reload of
@@ -220,6 +259,7 @@ impl Supervisor {
             if let Some(running) = self.clusters.remove(&name) {
                 running.cancel.cancel();
                 self.state.remove(&name);
+                self.review_hooks.remove(&name);
                 info!(
                     cluster = %name,
                     token_file = %running.settings.token_file.display(),
@@ -269,6 +309,7 @@ impl Supervisor {
             cluster: cluster.clone(),
         };
         let task = self.tracker.spawn(rotator.run());
+        self.review_hooks.insert(&cluster.name, commands.clone());
         self.clusters.insert(
             cluster.name.clone(),
             RunningCluster {
@@ -291,6 +332,7 @@ impl Supervisor {
         }
         self.lock_token_dirs(&settings)?;
         self.sync_reloader(&settings.prometheus);
+        self.sync_consumer(&settings.prometheus);
         if settings.limits != self.settings.limits {
             // One semaphore bounds every rotator: a new limit means new
             // rotators. They adopt the tokens on disk, so this costs no
@@ -388,6 +430,7 @@ impl Fingerprint {
 
 /// A config re-read, done off the main loop: what [`Daemon::finish_reload`]
 /// applies.
+// One value per config re-read, moved once: boxing the large variant saves nothing.
 #[derive(Debug)]
 enum Prepared {
     /// A file event, and the content is what was last applied (or a
@@ -398,7 +441,7 @@ enum Prepared {
     /// Read and validated.
     Parsed {
         fingerprint: Fingerprint,
-        settings: Result<Settings, String>,
+        settings: Result<Box<Settings>, String>,
     },
 }
 
@@ -427,7 +470,9 @@ fn prepare(path: &std::path::Path, last: Option<Fingerprint>, trigger: Trigger) 
         return Prepared::Unchanged;
     }
     let settings = match String::from_utf8(content) {
-        Ok(text) => config::parse(&text, path).map_err(|e| e.to_string()),
+        Ok(text) => config::parse(&text, path)
+            .map(Box::new)
+            .map_err(|e| e.to_string()),
         Err(e) => Err(format!(
             "{}: the file is not UTF-8 (invalid byte at offset {})",
             path.display(),
@@ -542,6 +587,7 @@ impl Daemon {
                 self.last_content = Some(fingerprint);
                 notify::reloading();
                 let outcome = settings.and_then(|settings| {
+                    let settings = *settings;
                     if &settings == self.supervisor.settings() {
                         return Ok(false);
                     }

@@ -52,6 +52,11 @@ pub enum Command {
         /// directories and Prometheus (ready, lifecycle API), changing nothing.
         #[arg(long)]
         online: bool,
+        /// With --online: also mint one 10-minute token per cluster and
+        /// check that the API server accepts it as the ServiceAccount, with
+        /// its audiences (written nowhere).
+        #[arg(long, requires = "online")]
+        mint: bool,
     },
     /// Per-cluster table: state, expiry, last and next refresh, last error.
     /// Exit 1 if a cluster is unhealthy, 69 if the daemon is not running
@@ -127,7 +132,7 @@ pub fn main() -> ExitCode {
     let level = match (&cli.command, cli.log_level.as_str()) {
         // The checklist reports every failure itself; kube's own events
         // ("failed with error ...") would only repeat them out of order.
-        (Command::Check { online: true }, "info") => "info,kube_client=off",
+        (Command::Check { online: true, .. }, "info") => "info,kube_client=off",
         (_, level) => level,
     };
     crate::logging::init(level);
@@ -150,7 +155,7 @@ pub fn main() -> ExitCode {
             runtime().and_then(|rt| rt.block_on(crate::onboarding::seed(&cli.config, &cluster)))
         }
         Command::Run => run(&cli.config),
-        Command::Check { online } => check(&cli.config, online),
+        Command::Check { online, mint } => check(&cli.config, online, mint),
         Command::Status { json } => with_settings(&cli.config, |rt, s| {
             rt.block_on(crate::commands::status(&s, json))
         }),
@@ -264,7 +269,7 @@ fn run(path: &std::path::Path) -> Result<(), u8> {
 /// `mcprom check [--online]`: 78 for file or host problems (the online
 /// checks still run, to show everything at once), else 1 if an online check
 /// failed.
-fn check(path: &std::path::Path, online: bool) -> Result<(), u8> {
+fn check(path: &std::path::Path, online: bool, mint: bool) -> Result<(), u8> {
     let settings = match config::load(path) {
         Ok(s) => s,
         Err(e) => {
@@ -291,7 +296,11 @@ fn check(path: &std::path::Path, online: bool) -> Result<(), u8> {
             }
         );
     }
-    let failed = online && runtime()?.block_on(crate::online::run(&settings)).failed > 0;
+    let failed = online
+        && runtime()?
+            .block_on(crate::online::run(&settings, mint))
+            .failed
+            > 0;
     if !problems.is_empty() {
         Err(exit::CONFIG)
     } else if failed {

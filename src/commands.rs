@@ -56,6 +56,11 @@ pub fn status_from_disk(settings: &Settings) -> StatusReport {
                     last_refresh: None,
                     next_refresh: None,
                     last_error: error,
+                    verified_at: None,
+                    rejected_since: None,
+                    rejections: 0,
+                    prometheus_jobs: None,
+                    prometheus_targets_rejected: None,
                 }
             })
             .collect(),
@@ -142,7 +147,7 @@ fn healthy(report: &StatusReport) -> bool {
     report
         .clusters
         .iter()
-        .all(|c| matches!(c.state.as_str(), "fresh" | "refreshing"))
+        .all(|c| matches!(c.state.as_str(), "fresh" | "refreshing") && c.rejected_since.is_none())
 }
 
 /// `mcprom status [--json]`.

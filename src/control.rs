@@ -55,6 +55,26 @@ pub struct ClusterReport {
     pub next_refresh: Option<String>,
     /// The last error or null.
     pub last_error: Option<String>,
+    /// RFC 3339 or null: when the API server last confirmed the token
+    /// authenticates as the ServiceAccount (SelfSubjectReview).
+    #[serde(default)]
+    pub verified_at: Option<String>,
+    /// RFC 3339 or null: since when the API server rejects the token in the
+    /// file before its expiry (null while it is accepted).
+    #[serde(default)]
+    pub rejected_since: Option<String>,
+    /// How many tokens in use the API server stopped accepting before
+    /// their expiry.
+    #[serde(default)]
+    pub rejections: u64,
+    /// Prometheus jobs that read this cluster's token file; null while
+    /// Prometheus has not been read (or cannot be).
+    #[serde(default)]
+    pub prometheus_jobs: Option<Vec<String>>,
+    /// Targets of those jobs whose last scrape failed with 401/403; null
+    /// when unknown.
+    #[serde(default)]
+    pub prometheus_targets_rejected: Option<u64>,
 }
 
 /// The `status --json` document.
@@ -128,6 +148,11 @@ impl ClusterReport {
             last_refresh: s.last_refresh.map(rfc3339),
             next_refresh: s.next_refresh.map(rfc3339),
             last_error: s.last_error.clone(),
+            verified_at: s.verified_at.map(rfc3339),
+            rejected_since: s.rejected_since.map(rfc3339),
+            rejections: s.rejections,
+            prometheus_jobs: s.prometheus_jobs.clone(),
+            prometheus_targets_rejected: s.prometheus_targets_rejected,
         }
     }
 }
@@ -291,6 +316,11 @@ mod tests {
                 last_refresh: None,
                 next_refresh: None,
                 last_error: None,
+                verified_at: None,
+                rejected_since: None,
+                rejections: 0,
+                prometheus_jobs: None,
+                prometheus_targets_rejected: None,
             }],
         };
         let json = serde_json::to_value(&report).unwrap();

@@ -34,6 +34,37 @@ pub trait Issuer: Send + Sync + 'static {
         &self,
         spec: &TokenSpec,
     ) -> impl Future<Output = Result<IssuedToken, IssueError>> + Send;
+
+    /// Ask the API server who `token` is (a SelfSubjectReview made with the
+    /// token itself). `Err(IssueError::Rejected)` when the server does not
+    /// accept it or says it is someone else; other errors when the question
+    /// could not be asked. Issuers that cannot ask say
+    /// [`Review::Unsupported`].
+    fn review(&self, token: &Token) -> impl Future<Output = Result<Review, IssueError>> + Send {
+        let _ = token;
+        std::future::ready(Ok(Review::Unsupported))
+    }
+
+    /// Review a token just issued; a rejection is explained (e.g. which
+    /// audiences the server accepts). Defaults to [`Issuer::review`].
+    fn verify(
+        &self,
+        issued: &IssuedToken,
+    ) -> impl Future<Output = Result<Review, IssueError>> + Send {
+        self.review(&issued.token)
+    }
+}
+
+/// What the API server said about a token it was shown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Review {
+    /// It authenticates as the configured ServiceAccount.
+    Confirmed,
+    /// The server has no SelfSubjectReview (404: Kubernetes before 1.28):
+    /// the token cannot be checked this way.
+    Unsupported,
+    /// The token authenticated, but the server would not say as whom (403).
+    Authenticated,
 }
 
 /// Why a TokenRequest failed. Messages quote the server, never a token.
@@ -63,7 +94,7 @@ pub enum IssueError {
     Forbidden(String),
     /// 404: the ServiceAccount does not exist.
     #[error(
-        "the ServiceAccount does not exist (404: {0}); if it was deleted, every token issued for it stopped working too: recreate it and its RBAC"
+        "ServiceAccount not found (404: {0}); if it was deleted, every token issued for it stopped working too: recreate it and its RBAC"
     )]
     NotFound(String),
     /// 400/422: the request was refused as invalid.
@@ -91,6 +122,10 @@ pub enum IssueError {
     /// renews it. The message says how to re-seed.
     #[error("{0}")]
     ChainTooOld(String),
+    /// The API server does not accept a token it issued (401 on a
+    /// SelfSubjectReview made with it), or says it belongs to someone else.
+    #[error("{0}")]
+    Rejected(String),
     /// 5xx or an answer that is not a TokenRequest.
     #[error("API server error ({code}): {message}")]
     Server {
@@ -119,6 +154,7 @@ impl IssueError {
             IssueError::Server { .. } => "server_error",
             IssueError::ChainBroken(_) => "chain_broken",
             IssueError::ChainTooOld(_) => "chain_too_old",
+            IssueError::Rejected(_) => "rejected",
         }
     }
 
@@ -136,6 +172,10 @@ impl IssueError {
 pub struct KubeIssuer {
     cluster: Arc<ClusterSettings>,
     timeout: Duration,
+    /// The configuration of the last TokenRequest, kept from `issue` to
+    /// `verify` (only then: idle clusters pin nothing) so the review does
+    /// not read and parse the credential files again.
+    last_config: Arc<std::sync::Mutex<Option<kube::Config>>>,
 }
 
 /// How long one TokenRequest may take, connection included.
@@ -144,7 +184,11 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 impl KubeIssuer {
     /// An issuer for `cluster`.
     pub fn new(cluster: Arc<ClusterSettings>, timeout: Duration) -> Self {
-        KubeIssuer { cluster, timeout }
+        KubeIssuer {
+            cluster,
+            timeout,
+            last_config: Arc::default(),
+        }
     }
 }
 
@@ -405,7 +449,89 @@ pub fn interpret_response(
     })
 }
 
+fn quoted(list: &[String]) -> String {
+    list.iter()
+        .map(|a| format!("{a:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[derive(Deserialize)]
+struct ReviewBody {
+    status: Option<ReviewStatus>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ReviewStatus {
+    user_info: Option<ReviewUser>,
+}
+
+#[derive(Deserialize)]
+struct ReviewUser {
+    username: Option<String>,
+}
+
+/// Turn a SelfSubjectReview answer into a [`Review`] or an error: the
+/// token must authenticate as `subject`.
+pub fn interpret_review(
+    status: StatusCode,
+    body: &[u8],
+    subject: &str,
+) -> Result<Review, IssueError> {
+    if status.is_success() {
+        let user = serde_json::from_slice::<ReviewBody>(body)
+            .ok()
+            .and_then(|b| b.status?.user_info?.username);
+        return match user {
+            Some(user) if user == subject => Ok(Review::Confirmed),
+            Some(user) => Err(IssueError::Rejected(format!(
+                "the API server says the token belongs to {user:?}, not {subject:?}"
+            ))),
+            None => Err(IssueError::Server {
+                code: 0,
+                message: "the answer is not a usable SelfSubjectReview".into(),
+            }),
+        };
+    }
+    let message = status_message(body, status);
+    Err(match status.as_u16() {
+        401 => IssueError::Rejected(format!(
+            "the API server does not accept the token (401 {message})"
+        )),
+        403 => return Ok(Review::Authenticated),
+        404 => return Ok(Review::Unsupported),
+        429 => IssueError::Throttled {
+            retry_after: None,
+            message,
+        },
+        code => IssueError::Server { code, message },
+    })
+}
+
 impl Issuer for KubeIssuer {
+    async fn review(&self, token: &Token) -> Result<Review, IssueError> {
+        self.review_token(token).await
+    }
+
+    async fn verify(&self, issued: &IssuedToken) -> Result<Review, IssueError> {
+        let cached = self
+            .last_config
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        let review = match cached {
+            Some(config) => self.review_with(config, &issued.token).await,
+            None => self.review_token(&issued.token).await,
+        };
+        match review {
+            Err(IssueError::Rejected(message)) => Err(IssueError::Rejected(
+                self.explain_rejection(issued, message).await,
+            )),
+            other => other,
+        }
+    }
+
     async fn issue(&self, spec: &TokenSpec) -> Result<IssuedToken, IssueError> {
         if !matches!(self.cluster.credentials, Credentials::SelfRenew) {
             return self.request(spec).await;
@@ -425,10 +551,102 @@ impl Issuer for KubeIssuer {
 }
 
 impl KubeIssuer {
+    /// A SelfSubjectReview made with `token` against the cluster's API
+    /// server: the same URL, CA, proxy and timeouts as the TokenRequest, but
+    /// the token as the only credential (a client certificate would win
+    /// over it: the API server tries certificates first).
+    pub async fn review_token(&self, token: &Token) -> Result<Review, IssueError> {
+        let config = kube_config(&self.cluster, self.timeout).await?;
+        self.review_with(config, token).await
+    }
+
+    async fn review_with(
+        &self,
+        mut config: kube::Config,
+        token: &Token,
+    ) -> Result<Review, IssueError> {
+        config.auth_info = kube::config::AuthInfo {
+            token: Some(secrecy::SecretString::from(token.expose().to_owned())),
+            ..kube::config::AuthInfo::default()
+        };
+        let client = kube::Client::try_from(config).map_err(|e| IssueError::Config(chain(&e)))?;
+        let body = br#"{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}"#;
+        let request = Request::post("/apis/authentication.k8s.io/v1/selfsubjectreviews")
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(http::header::ACCEPT, "application/json")
+            .body(kube::client::Body::from(body.to_vec()))
+            .map_err(|e| IssueError::Config(e.to_string()))?;
+        let exchange = async {
+            let response = client
+                .send(request)
+                .await
+                .map_err(|e| classify_transport(&e))?;
+            let (parts, body) = response.into_parts();
+            let bytes = body
+                .collect_bytes()
+                .await
+                .map_err(|e| classify_transport(&e))?;
+            interpret_review(
+                parts.status,
+                &bytes,
+                &self.cluster.service_account.subject(),
+            )
+        };
+        match tokio::time::timeout(self.timeout, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(IssueError::Timeout(self.timeout)),
+        }
+    }
+
+    /// Why the API server rejected a token it has just issued. With
+    /// configured audiences, the usual cause is an audience it does not
+    /// accept: a token minted without audiences carries the server's own
+    /// (its `aud` claim), which names them at the cost of one more
+    /// TokenRequest, made only on this failure path.
+    async fn explain_rejection(&self, issued: &IssuedToken, message: String) -> String {
+        let wanted = &self.cluster.audiences;
+        if !wanted.is_empty() {
+            let probe = TokenSpec {
+                expiration: self.cluster.expiration.min(Duration::from_secs(600)),
+                audiences: Vec::new(),
+            };
+            let probed = self.request(&probe).await;
+            self.last_config
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            if let Ok(default) = probed {
+                let accepted = &default.claims.audiences;
+                if !accepted.is_empty() && !wanted.iter().any(|a| accepted.contains(a)) {
+                    return format!(
+                        "the API server does not accept audience {}; its audiences are {} \
+                         (set audiences to one of them, or remove audiences to get the server's \
+                         default); the new token was not written",
+                        quoted(wanted),
+                        quoted(accepted)
+                    );
+                }
+            }
+        }
+        format!(
+            "the API server rejected the token it had just issued for {} (aud {}): {message}; \
+             the new token was not written. If several API servers share the address, \
+             check that they all verify with the same service-account keys",
+            self.cluster.service_account,
+            quoted(&issued.claims.audiences)
+        )
+    }
+
     /// One TokenRequest with the cluster's credentials.
     async fn request(&self, spec: &TokenSpec) -> Result<IssuedToken, IssueError> {
         let config = kube_config(&self.cluster, self.timeout).await?;
         let credential_expires_at = credential_expiry(&config);
+        if self.cluster.verify.enabled {
+            *self
+                .last_config
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(config.clone());
+        }
         let client = kube::Client::try_from(config).map_err(|e| IssueError::Config(chain(&e)))?;
         let sa = &self.cluster.service_account;
         let request = TokenRequest {
@@ -522,6 +740,40 @@ mod tests {
             .unwrap_err();
             assert_eq!(e.metric_label(), label, "{code}");
         }
+    }
+
+    #[test]
+    fn a_review_must_name_the_service_account_and_a_401_is_a_rejection() {
+        let sub = "system:serviceaccount:kube-system:prom";
+        let ok =
+            br#"{"status":{"userInfo":{"username":"system:serviceaccount:kube-system:prom"}}}"#;
+        assert_eq!(
+            interpret_review(StatusCode::CREATED, ok, sub).unwrap(),
+            Review::Confirmed
+        );
+        let other = br#"{"status":{"userInfo":{"username":"kubernetes-admin"}}}"#;
+        let e = interpret_review(StatusCode::CREATED, other, sub).unwrap_err();
+        assert_eq!(e.metric_label(), "rejected");
+        assert!(e.to_string().contains("\"kubernetes-admin\""), "{e}");
+        let e = interpret_review(
+            StatusCode::UNAUTHORIZED,
+            br#"{"message":"Unauthorized"}"#,
+            sub,
+        )
+        .unwrap_err();
+        assert_eq!(e.metric_label(), "rejected");
+        assert_eq!(
+            interpret_review(StatusCode::NOT_FOUND, b"", sub).unwrap(),
+            Review::Unsupported
+        );
+        assert_eq!(
+            interpret_review(StatusCode::FORBIDDEN, b"", sub).unwrap(),
+            Review::Authenticated
+        );
+        let e = interpret_review(StatusCode::SERVICE_UNAVAILABLE, b"", sub).unwrap_err();
+        assert_eq!(e.metric_label(), "server_error");
+        let e = interpret_review(StatusCode::CREATED, b"{}", sub).unwrap_err();
+        assert_eq!(e.metric_label(), "server_error");
     }
 
     #[test]

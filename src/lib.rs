@@ -9,6 +9,7 @@
 //! - [`issuer`]: TokenRequest through kube.
 //! - [`sink`]: atomic token-file writes, adoption, locks.
 //! - [`reload`]: the coalescing Prometheus reloader.
+//! - [`consumer`]: which Prometheus jobs read the token files, and whether their scrapes are rejected.
 //! - [`rotator`]: one cluster's loop.
 //! - [`state`]: per-cluster status shared with reporting.
 //! - [`onboarding`]: the `rbac`, `scrape-config` and `seed` commands.
@@ -32,6 +33,7 @@ pub mod app;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod consumer;
 pub mod control;
 pub mod demo;
 pub mod issuer;

@@ -24,7 +24,7 @@ use crate::state::State;
 
 /// The `reason` label values of `mcprom_token_refresh_errors_total`: a
 /// fixed set, each exported (at 0) for every cluster so `rate()` works.
-pub const REASONS: [&str; 11] = [
+pub const REASONS: [&str; 12] = [
     "unreachable",
     "tls",
     "unauthorized",
@@ -37,6 +37,9 @@ pub const REASONS: [&str; 11] = [
     // Self-renewal (`credentials.self`): only `mcprom seed` repairs these.
     "chain_broken",
     "chain_too_old",
+    // The API server does not accept the token it has just issued
+    // (SelfSubjectReview with the token: 401 or another identity).
+    "rejected",
 ];
 
 fn seconds(t: SystemTime) -> f64 {
@@ -173,6 +176,35 @@ impl Collector for StateCollector {
                     )
                 })
             }),
+        )?;
+        counter_family(
+            e,
+            "mcprom_token_rejected",
+            "Tokens in use that the API server stopped accepting before their expiry (ServiceAccount deleted or recreated, signing key rotated); each is re-minted at once.",
+            clusters
+                .iter()
+                .map(|c| (vec![("cluster", c.name.clone())], c.rejections)),
+        )?;
+        gauge_family(
+            e,
+            "mcprom_token_verified_timestamp",
+            "When the API server last confirmed (SelfSubjectReview with the token) that the cluster's token authenticates as its ServiceAccount.",
+            Some(&Unit::Seconds),
+            by_cluster(&|c| c.verified_at.map(seconds)),
+        )?;
+        gauge_family(
+            e,
+            "mcprom_prometheus_jobs",
+            "Prometheus jobs that read the cluster's token file (from Prometheus's loaded configuration; absent while it cannot be read).",
+            None,
+            by_cluster(&|c| c.prometheus_jobs.as_ref().map(|j| j.len() as f64)),
+        )?;
+        gauge_family(
+            e,
+            "mcprom_prometheus_targets_rejected",
+            "Targets of the jobs that read the cluster's token file whose last scrape failed with 401 or 403: Prometheus is presenting a token the cluster rejects.",
+            None,
+            by_cluster(&|c| c.prometheus_targets_rejected.map(|n| n as f64)),
         )?;
         let reloads = self.0.reloads();
         counter_family(

@@ -181,7 +181,7 @@ impl std::fmt::Display for Summary {
 /// Check every cluster (at most `limits.concurrent_requests` at once) and
 /// Prometheus, print each section to stdout in config order as soon as it
 /// and those before it are done, then the totals.
-pub async fn run(settings: &Settings) -> Summary {
+pub async fn run(settings: &Settings, mint: bool) -> Summary {
     let limit = Arc::new(Semaphore::new(settings.limits.concurrent_requests.max(1)));
     let mut sections: Vec<_> = settings
         .clusters
@@ -192,13 +192,20 @@ pub async fn run(settings: &Settings) -> Summary {
             let title = cluster_title(&cluster);
             let task = tokio::spawn(async move {
                 let _permit = limit.acquire_owned().await;
-                check_cluster(&cluster).await
+                check_cluster(&cluster, mint).await
             });
             (title, task)
         })
         .collect();
     let prometheus = tokio::spawn(check_prometheus(settings.prometheus.clone()));
     sections.push(("Prometheus".to_owned(), prometheus));
+    let clusters: Vec<(String, PathBuf)> = settings
+        .clusters
+        .iter()
+        .map(|c| (c.name.clone(), c.token_file.clone()))
+        .collect();
+    let jobs = tokio::spawn(check_prometheus_jobs(settings.prometheus.clone(), clusters));
+    sections.push(("Prometheus jobs".to_owned(), jobs));
     let mut summary = Summary::default();
     for (title, task) in sections {
         let section = task.await.unwrap_or_else(|e| {
@@ -223,9 +230,9 @@ fn cluster_title(cluster: &ClusterSettings) -> String {
 }
 
 /// Every check of one cluster.
-pub async fn check_cluster(cluster: &ClusterSettings) -> Section {
+pub async fn check_cluster(cluster: &ClusterSettings, mint: bool) -> Section {
     let mut section = Section::new(cluster_title(cluster));
-    let legacy = check_api_server(cluster, &mut section).await;
+    let legacy = check_api_server(cluster, mint, &mut section).await;
     let local = {
         let cluster = cluster.clone();
         tokio::task::spawn_blocking(move || local_checks(&cluster)).await
@@ -243,7 +250,7 @@ pub async fn check_cluster(cluster: &ClusterSettings) -> Section {
 
 /// The API server's side, in order; returns the legacy-Secret line, which
 /// is printed last.
-async fn check_api_server(cluster: &ClusterSettings, s: &mut Section) -> Option<Check> {
+async fn check_api_server(cluster: &ClusterSettings, mint: bool, s: &mut Section) -> Option<Check> {
     let config = match issuer::kube_config(cluster, REQUEST_TIMEOUT).await {
         Ok(config) => config,
         Err(e) => {
@@ -330,16 +337,24 @@ async fn check_api_server(cluster: &ClusterSettings, s: &mut Section) -> Option<
 
     // Who mcprom is.
     let review = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"});
+    let mut groups: Vec<String> = Vec::new();
     let user = match api
         .post("/apis/authentication.k8s.io/v1/selfsubjectreviews", &review)
         .await
     {
         Ok((200 | 201, body)) => {
-            let user = serde_json::from_slice::<Value>(&body).ok().and_then(|v| {
-                v["status"]["userInfo"]["username"]
-                    .as_str()
-                    .map(str::to_owned)
-            });
+            let answer = serde_json::from_slice::<Value>(&body).unwrap_or_default();
+            let user = answer["status"]["userInfo"]["username"]
+                .as_str()
+                .map(str::to_owned);
+            groups = answer["status"]["userInfo"]["groups"]
+                .as_array()
+                .map(|g| {
+                    g.iter()
+                        .filter_map(|g| g.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
             match user.as_deref() {
                 Some("system:anonymous") => {
                     anonymous(s);
@@ -379,10 +394,164 @@ async fn check_api_server(cluster: &ClusterSettings, s: &mut Section) -> Option<
     };
     let who = user.map_or_else(|| "mcprom".to_owned(), |u| format!("{u:?}"));
 
+    too_powerful(&api, cluster, &groups, &who, s).await;
     may_create_tokens(&api, cluster, &who, s).await;
     service_account_exists(&api, cluster, s).await;
-    legacy_secrets(&api, &cluster.service_account).await
+    review_token_file(cluster, s).await;
+    let legacy = legacy_secrets(&api, &cluster.service_account).await;
+    if mint {
+        mint_and_verify(cluster, s).await;
+    }
+    legacy
 }
+
+/// A warning when mcprom's own identity could do anything in the cluster:
+/// a copy of its credential is then a copy of the cluster.
+async fn too_powerful(
+    api: &Api,
+    cluster: &ClusterSettings,
+    groups: &[String],
+    who: &str,
+    s: &mut Section,
+) {
+    let hint = format!(
+        "mcprom needs only create on serviceaccounts/token for {}: use the least-privilege \
+         identity `mcprom rbac {}` sets up (its issuer ServiceAccount and Role) in \
+         [cluster.credentials]",
+        cluster.service_account, cluster.name
+    );
+    if groups.iter().any(|g| g == "system:masters") {
+        s.warn(
+            format!(
+                "mcprom's credential is far more powerful than it needs: {who} is a member of \
+                 system:masters (a cluster admin)"
+            ),
+            hint,
+        );
+        return;
+    }
+    let review = json!({
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SelfSubjectAccessReview",
+        "spec": {"resourceAttributes": {"verb": "*", "group": "*", "resource": "*"}},
+    });
+    if let Ok((200 | 201, body)) = api
+        .post(
+            "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+            &review,
+        )
+        .await
+    {
+        let answer = serde_json::from_slice::<Value>(&body).unwrap_or_default();
+        if answer["status"]["allowed"] == true {
+            s.warn(
+                format!(
+                    "mcprom's credential is far more powerful than it needs: {who} is allowed * on * \
+                     ({})",
+                    answer["status"]["reason"].as_str().unwrap_or("cluster-admin or equivalent")
+                ),
+                hint,
+            );
+        }
+    }
+}
+
+/// The token file on disk, shown to the API server (a SelfSubjectReview
+/// made with it): what Prometheus presents now.
+async fn review_token_file(cluster: &ClusterSettings, s: &mut Section) {
+    let path = cluster.token_file.display();
+    let text = match std::fs::read_to_string(&cluster.token_file) {
+        Ok(text) => text,
+        // Not written yet (mcprom has not run): nothing to review. A
+        // missing directory is the token directory line's business.
+        Err(_) if !cluster.token_file.exists() => return,
+        Err(e) => {
+            s.fail(
+                format!("token file {path}: cannot read it: {e}"),
+                "mcprom (and Prometheus) must be able to read it",
+            );
+            return;
+        }
+    };
+    let token = match crate::token::Token::new(text.trim()) {
+        Ok(t) if t.claims().is_ok() => t,
+        _ => {
+            s.warn(
+                format!("token file {path}: does not hold a ServiceAccount token"),
+                format!(
+                    "mcprom replaces it at its next start or `mcprom rotate {}`",
+                    cluster.name
+                ),
+            );
+            return;
+        }
+    };
+    let issuer = issuer::KubeIssuer::new(Arc::new(cluster.clone()), REQUEST_TIMEOUT);
+    let what = format!("token file {path} accepted by the API server");
+    match issuer.review_token(&token).await {
+        Ok(issuer::Review::Confirmed) => {
+            s.pass(format!("{what} as {}", cluster.service_account.subject()))
+        }
+        Ok(issuer::Review::Authenticated) => s.pass(what),
+        Ok(issuer::Review::Unsupported) => s.not_checked(
+            &what,
+            "the API server has no SelfSubjectReview (Kubernetes before 1.28)",
+        ),
+        Err(issuer::IssueError::Rejected(why)) => s.fail(
+            format!("token file {path}: {why}"),
+            format!(
+                "Prometheus is presenting a token the cluster rejects: `mcprom rotate {}` \
+                 replaces it (and `mcprom status` says why the daemon has not)",
+                cluster.name
+            ),
+        ),
+        Err(e) => s.fail(format!("{what}: {e}"), "run the check again"),
+    }
+}
+
+/// `--mint`: one 10-minute token, reviewed for identity and audience,
+/// written nowhere.
+async fn mint_and_verify(cluster: &ClusterSettings, s: &mut Section) {
+    use crate::issuer::Issuer as _;
+    let issuer = issuer::KubeIssuer::new(Arc::new(cluster.clone()), REQUEST_TIMEOUT);
+    let spec = issuer::TokenSpec {
+        expiration: MINT_EXPIRATION,
+        audiences: cluster.audiences.clone(),
+    };
+    let what = format!(
+        "a 10-minute token for {} minted and accepted",
+        cluster.service_account
+    );
+    let issued = match issuer.issue(&spec).await {
+        Ok(issued) => issued,
+        Err(e) => {
+            s.fail(
+                format!("{what}: {e}"),
+                "mcprom's rotations fail the same way",
+            );
+            return;
+        }
+    };
+    match issuer.verify(&issued).await {
+        Ok(issuer::Review::Confirmed) => s.pass(format!(
+            "{what} (audiences {:?}; written nowhere)",
+            issued.claims.audiences
+        )),
+        Ok(issuer::Review::Unsupported) => s.not_checked(
+            &format!("{what} (minted; not reviewed)"),
+            "the API server has no SelfSubjectReview (Kubernetes before 1.28)",
+        ),
+        Ok(issuer::Review::Authenticated) => s.pass(format!("{what} (identity not shown)")),
+        Err(e) => s.fail(
+            format!("{what}: {e}"),
+            "mcprom would not write such a token (reason rejected)",
+        ),
+    }
+}
+
+/// Lifetime of the token `check --online --mint` asks for: the shortest
+/// a real API server grants.
+const MINT_EXPIRATION: Duration = Duration::from_secs(600);
 
 fn credential_rejected(s: &mut Section, body: &[u8]) {
     s.fail(
@@ -924,6 +1093,61 @@ impl Api {
             .map_err(|e| Transport::Unreachable(e.to_string()))?;
         self.send(request).await
     }
+}
+
+/// Prometheus's loaded configuration against the managed token files:
+/// which jobs read each, a file no job reads, a job reading a file in the
+/// token directory that no cluster writes (a typo), and targets failing
+/// with 401/403 now.
+pub async fn check_prometheus_jobs(
+    settings: PrometheusSettings,
+    clusters: Vec<(String, PathBuf)>,
+) -> Section {
+    let url = settings.url.as_str().trim_end_matches('/').to_owned();
+    let mut s = Section::new(format!("Prometheus jobs ({url})"));
+    let settings = PrometheusSettings {
+        timeout: settings.timeout.min(REQUEST_TIMEOUT),
+        ..settings
+    };
+    let findings = match Reloader::new(settings) {
+        Ok(reader) => crate::consumer::check(&reader, &clusters).await,
+        Err(e) => Err(e.to_string()),
+    };
+    let findings = match findings {
+        Ok(f) => f,
+        Err(e) => {
+            s.not_checked("which jobs read the token files", e);
+            return s;
+        }
+    };
+    for (cluster, usage) in &findings.usage {
+        if usage.jobs.is_empty() {
+            continue; // a warning below
+        }
+        let what = format!(
+            "cluster {cluster:?}: token file read by {}",
+            usage.jobs.join(", ")
+        );
+        if usage.rejected > 0 {
+            s.fail(
+                format!("{what}: {} targets fail with 401/403", usage.rejected),
+                format!(
+                    "Prometheus is presenting a rejected token for cluster {cluster:?}: see \
+                     `mcprom status` and the token file line of cluster {cluster:?} above"
+                ),
+            );
+        } else {
+            s.pass(what);
+        }
+    }
+    for warning in findings.warnings {
+        s.warn(
+            warning,
+            "point the job's authorization.credentials_file (or bearer_token_file) at the \
+             cluster's token file: `mcprom scrape-config` prints the jobs",
+        );
+    }
+    s
 }
 
 /// Prometheus: reachable, ready, lifecycle API enabled. Never reloads.

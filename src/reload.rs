@@ -218,11 +218,20 @@ impl Reloader {
     /// One authorized `GET {url}{path}`: the status and the start of the
     /// body (for `mcprom check --online`, which must not reload).
     pub async fn get(&self, path: &str) -> Result<(u16, String), ReloadError> {
+        self.get_limited(path, 64 * 1024).await
+    }
+
+    /// Like [`Reloader::get`], keeping at most `limit` characters of the body.
+    pub async fn get_limited(
+        &self,
+        path: &str,
+        limit: usize,
+    ) -> Result<(u16, String), ReloadError> {
         let request = self.authorize(self.client.get(self.url(path)))?;
         let response = request.send().await.map_err(|e| self.transport_error(e))?;
         let status = response.status().as_u16();
         let body = response.text().await.unwrap_or_default();
-        Ok((status, body.chars().take(64 * 1024).collect()))
+        Ok((status, body.chars().take(limit).collect()))
     }
 
     /// One `POST /-/reload`.

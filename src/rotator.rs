@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::config::{ClusterSettings, Credentials};
-use crate::issuer::{IssueError, Issuer, TokenSpec};
+use crate::issuer::{IssueError, Issuer, Review, TokenSpec};
 use crate::reload::ReloadRequest;
 use crate::schedule;
 use crate::sink::{Sink, SinkError};
@@ -37,6 +37,8 @@ pub struct RotateRequests {
     /// `None` once the rotator has stopped.
     pending: std::sync::Mutex<Option<Vec<RotateReply>>>,
     wake: Notify,
+    /// "Review the token in use now" (Prometheus saw a 401/403).
+    review: Notify,
 }
 
 impl RotateRequests {
@@ -45,7 +47,13 @@ impl RotateRequests {
         Arc::new(RotateRequests {
             pending: std::sync::Mutex::new(Some(Vec::new())),
             wake: Notify::new(),
+            review: Notify::new(),
         })
+    }
+
+    /// Ask for a review of the token in use now (when `verify` is on).
+    pub fn request_review(&self) {
+        self.review.notify_one();
     }
 
     /// Ask for a refresh. `None` when the cluster's rotation has stopped.
@@ -187,13 +195,28 @@ impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
         // Jitter draws come from the thread's generator: a generator per
         // cluster would add ~320 bytes to every idle rotator.
         let mut held = None;
+        // When the token in use is next reviewed (SelfSubjectReview with
+        // it); `None`: not planned. An adopted token's first review is
+        // spread over one interval, so 10,000 clusters do not ask at once.
+        let mut check: Option<Instant> = None;
         let mut plan = match self.adopt(rand::rng().random()) {
             Some((h, plan)) => {
                 held = Some(h);
+                if self.cluster.verify.enabled {
+                    check = Some(
+                        Instant::now()
+                            + self
+                                .cluster
+                                .verify
+                                .interval
+                                .mul_f64(rand::rng().random::<f64>()),
+                    );
+                }
                 plan
             }
             None => Plan::in_(Duration::ZERO),
         };
+        let mut unsupported_logged = false;
         let mut attempt: u32 = 0;
         let mut shortened_logged = false;
         let mut expired_reported = false;
@@ -203,9 +226,41 @@ impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
             self.state
                 .update(&name, |s| s.next_refresh = Some(plan.at_wall));
             let mut reply = Vec::new();
+            let check_at = check.filter(|at| *at < plan.at);
             tokio::select! {
                 () = self.cancel.cancelled() => break,
+                () = sleep_until_some(check_at) => {
+                    check = None;
+                    match Box::pin(self.check_token()).await {
+                        None => break,
+                        Some(CheckOutcome::Keep(next)) => {
+                            check = next.map(|d| Instant::now() + d);
+                            if next.is_none() && !unsupported_logged {
+                                unsupported_logged = true;
+                                info!("the API server has no SelfSubjectReview (Kubernetes before 1.28): tokens are not verified");
+                            }
+                        }
+                        Some(CheckOutcome::Rejected) => {
+                            // Re-mint now, outside the backoff meant for an
+                            // unreachable server. Bounded: a review runs at
+                            // most once per verify_interval (≥ 10 s), and a
+                            // re-mint the server rejects again goes through
+                            // the ordinary backoff.
+                            if plan.at > Instant::now() {
+                                plan = Plan::in_(Duration::ZERO);
+                            }
+                            attempt = 0;
+                        }
+                    }
+                    continue;
+                }
                 () = tokio::time::sleep_until(plan.at) => {}
+                () = self.commands.review.notified(), if self.cluster.verify.enabled => {
+                    // A consumer saw its scrapes refused: review now
+                    // (at most once per consumer read, every few minutes).
+                    check = Some(Instant::now());
+                    continue;
+                }
                 Ok(()) = self.clock_jumps.changed() => {
                     if SystemTime::now() < plan.at_wall {
                         continue;
@@ -237,8 +292,19 @@ impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
                 break; // cancelled while waiting or requesting
             };
             match outcome {
-                Ok((issued, sent, sent_wall)) => {
+                Ok((issued, sent, sent_wall, review)) => {
                     attempt = 0;
+                    let verified = review == Some(Review::Confirmed);
+                    check = match review {
+                        Some(Review::Unsupported) | None => None,
+                        Some(_) => Some(Instant::now() + jittered(self.cluster.verify.interval)),
+                    };
+                    if review == Some(Review::Unsupported) && !unsupported_logged {
+                        unsupported_logged = true;
+                        info!(
+                            "the API server has no SelfSubjectReview (Kubernetes before 1.28): new tokens are written unverified"
+                        );
+                    }
                     expired_reported = false;
                     let requested = self.cluster.expiration;
                     if schedule::is_shortened(requested, issued.lifetime) && !shortened_logged {
@@ -272,6 +338,8 @@ impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
                         s.settled = true;
                         s.refreshes += 1;
                         s.credential_expires_at = issued.credential_expires_at;
+                        s.rejected_since = None;
+                        s.verified_at = verified.then_some(now);
                     });
                     info!(
                         service_account = %self.cluster.service_account,
@@ -384,7 +452,7 @@ impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
     async fn attempt(
         &mut self,
         permit: OwnedSemaphorePermit,
-    ) -> Option<Result<(IssuedToken, Instant, SystemTime), AttemptError>> {
+    ) -> Option<Result<(IssuedToken, Instant, SystemTime, Option<Review>), AttemptError>> {
         let spec = TokenSpec {
             expiration: self.cluster.expiration,
             audiences: self.cluster.audiences.clone(),
@@ -397,7 +465,6 @@ impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
             () = self.cancel.cancelled() => return None,
             issued = self.issuer.issue(&spec) => issued,
         };
-        drop(permit);
         let issued = match issued {
             Ok(issued) => issued,
             Err(e) => return Some(Err(e.into())),
@@ -405,10 +472,111 @@ impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
         if let Some(refused) = refuse(&self.cluster, &issued, SystemTime::now()) {
             return Some(Err(refused.into()));
         }
+        let review = if self.cluster.verify.enabled {
+            let verdict = tokio::select! {
+                () = self.cancel.cancelled() => return None,
+                verdict = self.issuer.verify(&issued) => verdict,
+            };
+            match verdict {
+                Ok(review) => Some(review),
+                // Not written: the old token stays.
+                Err(e @ IssueError::Rejected(_)) => return Some(Err(e.into())),
+                // The token was issued a moment ago; a review that could not
+                // be made (network, 5xx) is no reason to keep an older one.
+                Err(e) => {
+                    warn!(error = %e, "could not verify the new token with the API server; writing it anyway");
+                    Some(Review::Authenticated)
+                }
+            }
+        } else {
+            None
+        };
+        drop(permit);
         if let Err(e) = self.sink.write(&issued.token).await {
             return Some(Err(e.into()));
         }
-        Some(Ok((issued, sent, sent_wall)))
+        Some(Ok((issued, sent, sent_wall, review)))
+    }
+
+    /// Review the token in the file with the API server. `None` when
+    /// cancelled; otherwise whether to keep it (and when to check next:
+    /// `None` when the server cannot be asked) or to re-mint now.
+    async fn check_token(&mut self) -> Option<CheckOutcome> {
+        let next = Some(jittered(self.cluster.verify.interval));
+        // An expired token is the refresh schedule's business, not an
+        // early death: only a token still within its lifetime is reviewed.
+        let Some(token) = self
+            .sink
+            .current()
+            .filter(|t| t.claims().is_ok_and(|c| c.expiry() > SystemTime::now()))
+        else {
+            return Some(CheckOutcome::Keep(next));
+        };
+        let permit = tokio::select! {
+            () = self.cancel.cancelled() => return None,
+            permit = self.limiter.clone().acquire_owned() => permit.ok()?,
+        };
+        let verdict = tokio::select! {
+            () = self.cancel.cancelled() => return None,
+            verdict = self.issuer.review(&token) => verdict,
+        };
+        drop(permit);
+        let name = &self.cluster.name;
+        match verdict {
+            Ok(Review::Confirmed) => {
+                let now = SystemTime::now();
+                self.state.update(name, |s| s.verified_at = Some(now));
+                Some(CheckOutcome::Keep(next))
+            }
+            Ok(Review::Authenticated) => Some(CheckOutcome::Keep(next)),
+            Ok(Review::Unsupported) => Some(CheckOutcome::Keep(None)),
+            Err(IssueError::Rejected(why)) => {
+                let now = SystemTime::now();
+                let expires_in = token
+                    .claims()
+                    .ok()
+                    .and_then(|c| c.expiry().duration_since(now).ok())
+                    .map(|d| Duration::from_secs(d.as_secs()));
+                warn!(
+                    service_account = %self.cluster.service_account,
+                    expires_in = ?expires_in,
+                    error = %why,
+                    "the API server no longer accepts the current token before its expiry (ServiceAccount deleted or recreated, signing key rotated?): re-minting now"
+                );
+                let message = format!("the current token was rejected before its expiry: {why}");
+                self.state.update(name, |s| {
+                    s.rejections += 1;
+                    s.rejected_since.get_or_insert(now);
+                    s.last_error = Some(message);
+                });
+                Some(CheckOutcome::Rejected)
+            }
+            Err(e) => {
+                debug!(error = %e, "could not review the current token; trying again later");
+                Some(CheckOutcome::Keep(next))
+            }
+        }
+    }
+}
+
+/// What a review of the token in use decided.
+enum CheckOutcome {
+    /// Keep it; review again after this long (`None`: not again).
+    Keep(Option<Duration>),
+    /// The API server rejects it: re-mint now.
+    Rejected,
+}
+
+/// `interval` ± 10 %, so reviews that started together drift apart.
+fn jittered(interval: Duration) -> Duration {
+    interval.mul_f64(0.9 + 0.2 * rand::rng().random::<f64>())
+}
+
+/// Sleep until `at`, or forever when there is nothing planned.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -541,9 +709,19 @@ mod tests {
         calls: Arc<AtomicUsize>,
         lifetime: u64,
         fail: Vec<usize>,
+        /// While set, the "API server" rejects every token it is shown.
+        rejecting: Arc<std::sync::atomic::AtomicBool>,
     }
 
     impl Issuer for FakeIssuer {
+        async fn review(&self, _token: &Token) -> Result<Review, IssueError> {
+            if self.rejecting.load(Ordering::SeqCst) {
+                Err(IssueError::Rejected("401 Unauthorized".into()))
+            } else {
+                Ok(Review::Confirmed)
+            }
+        }
+
         async fn issue(&self, _spec: &TokenSpec) -> Result<IssuedToken, IssueError> {
             let n = self.calls.fetch_add(1, Ordering::SeqCst);
             if self.fail.contains(&n) {
@@ -595,11 +773,16 @@ mod tests {
             file_group: None,
             credentials: Credentials::TokenFile("/nonexistent".into()),
             max_chain_age: None,
+            verify: crate::config::Verify {
+                enabled: true,
+                interval: Duration::from_secs(600),
+            },
         })
     }
 
     struct Harness {
         calls: Arc<AtomicUsize>,
+        rejecting: Arc<std::sync::atomic::AtomicBool>,
         sink: MemorySink,
         queue: ReloadQueue,
         cancel: CancellationToken,
@@ -611,6 +794,7 @@ mod tests {
 
     fn start(fail: Vec<usize>, sink: MemorySink) -> Harness {
         let calls = Arc::new(AtomicUsize::new(0));
+        let rejecting = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let state = Arc::new(State::default());
         state.insert(ClusterStatus::new(
             "c1",
@@ -627,6 +811,7 @@ mod tests {
                 calls: calls.clone(),
                 lifetime: 3600,
                 fail,
+                rejecting: rejecting.clone(),
             },
             sink: sink.clone(),
             reload: queue.clone(),
@@ -638,6 +823,7 @@ mod tests {
         };
         Harness {
             calls,
+            rejecting,
             sink,
             queue,
             cancel,
@@ -701,6 +887,37 @@ mod tests {
         let status = h.state.clusters().remove(0);
         assert_eq!(status.state, Phase::Fresh);
         assert_eq!(status.errors.get("server_error"), Some(&3));
+        h.cancel.cancel();
+        h.handle.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_token_rejected_before_its_expiry_is_re_minted_without_waiting_for_the_schedule() {
+        let h = start(vec![], MemorySink::default());
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(h.calls.load(Ordering::SeqCst), 1);
+        h.rejecting.store(true, Ordering::SeqCst);
+        // Reviewed every 10 min ± 10 %: not yet at 8 min...
+        tokio::time::sleep(Duration::from_secs(8 * 60)).await;
+        assert_eq!(h.calls.load(Ordering::SeqCst), 1);
+        // ...noticed by 11 min and re-minted, not at the refresh (48 min);
+        // the new tokens are rejected too and retried with backoff.
+        tokio::time::sleep(Duration::from_secs(3 * 60)).await;
+        let calls = h.calls.load(Ordering::SeqCst);
+        assert!((2..=12).contains(&calls), "re-minted, boundedly: {calls}");
+        let status = h.state.clusters().remove(0);
+        assert_eq!(status.rejections, 1);
+        assert!(status.rejected_since.is_some());
+        assert!(!status.valid_at(SystemTime::now()));
+        // The new token is rejected at birth too: not written, backoff.
+        assert_eq!(h.sink.0.lock().unwrap().len(), 1, "nothing written");
+        assert!(status.errors.get("rejected").is_some_and(|n| *n >= 1));
+        h.rejecting.store(false, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(5 * 60)).await;
+        assert_eq!(h.sink.0.lock().unwrap().len(), 2, "written once accepted");
+        let status = h.state.clusters().remove(0);
+        assert_eq!(status.rejected_since, None);
+        assert!(status.verified_at.is_some());
         h.cancel.cancel();
         h.handle.await.unwrap();
     }

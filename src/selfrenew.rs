@@ -367,6 +367,7 @@ mod tests {
             file_group: None,
             credentials,
             max_chain_age: None,
+            verify: Default::default(),
         }
     }
 

@@ -56,6 +56,18 @@ pub struct ClusterStatus {
     pub refreshes: u64,
     /// Failed attempts by reason label.
     pub errors: BTreeMap<&'static str, u64>,
+    /// When the API server last confirmed (SelfSubjectReview) that the
+    /// token in the file authenticates as the ServiceAccount.
+    pub verified_at: Option<SystemTime>,
+    /// Since when the API server rejects the token in the file before its
+    /// expiry; cleared when a new token is written.
+    pub rejected_since: Option<SystemTime>,
+    /// Tokens in use that the API server stopped accepting before their expiry.
+    pub rejections: u64,
+    /// Prometheus jobs that read the token file (`None`: Prometheus not read yet or unreadable).
+    pub prometheus_jobs: Option<Vec<String>>,
+    /// Targets of those jobs failing with 401/403 now (`None`: unknown).
+    pub prometheus_targets_rejected: Option<u64>,
 }
 
 impl ClusterStatus {
@@ -75,12 +87,18 @@ impl ClusterStatus {
             credential_expires_at: None,
             refreshes: 0,
             errors: BTreeMap::new(),
+            verified_at: None,
+            rejected_since: None,
+            rejections: 0,
+            prometheus_jobs: None,
+            prometheus_targets_rejected: None,
         }
     }
 
-    /// Whether the token in the file is valid at `now`.
+    /// Whether the token in the file is valid at `now`: not expired, and
+    /// not known to be rejected by the API server.
     pub fn valid_at(&self, now: SystemTime) -> bool {
-        self.expires_at.is_some_and(|exp| exp > now)
+        self.expires_at.is_some_and(|exp| exp > now) && self.rejected_since.is_none()
     }
 }
 

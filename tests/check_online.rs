@@ -69,8 +69,14 @@ impl Outcome {
 }
 
 async fn check_online(config: &Path) -> Outcome {
+    check_online_with(config, &[]).await
+}
+
+async fn check_online_with(config: &Path, extra: &[&str]) -> Outcome {
     let run = tokio::process::Command::new(MCPROM)
-        .args(["check", "--online", "--config"])
+        .args(["check", "--online"])
+        .args(extra)
+        .arg("--config")
         .arg(config)
         .env_remove("RUST_LOG")
         .kill_on_drop(true)
@@ -230,8 +236,39 @@ async fn a_healthy_setup_passes_every_check_and_changes_nothing() {
 
     assert_eq!(out.code, 0, "{out}");
     assert_eq!(out.count('✘'), 0, "{out}");
-    assert_eq!(out.count('!'), 0, "{out}");
     assert_eq!(out.count('-'), 0, "{out}");
+    // Warnings only: the admin credential (twice), the token file that
+    // holds no token, and the token files no Prometheus job reads.
+    assert_eq!(out.count('!'), 5, "{out}");
+    assert_eq!(
+        out.stdout
+            .matches("mcprom's credential is far more powerful than it needs: \"kubernetes-admin\" is a member of system:masters")
+            .count(),
+        2,
+        "{out}"
+    );
+    assert!(
+        out.hint("far more powerful")
+            .contains("least-privilege identity `mcprom rbac c1` sets up"),
+        "{out}"
+    );
+    assert_eq!(
+        out.mark(&format!(
+            "token file {}: does not hold",
+            token_file.display()
+        )),
+        '!',
+        "{out}"
+    );
+    for cluster in ["c1", "c2"] {
+        assert_eq!(
+            out.mark(&format!(
+                "no Prometheus job reads the token file of cluster \"{cluster}\""
+            )),
+            '!',
+            "{out}"
+        );
+    }
     for cluster in ["c1", "c2"] {
         let section: String = out
             .stdout
@@ -561,7 +598,8 @@ async fn a_legacy_token_secret_is_a_warning_until_deleted() {
             .contains(&format!("kubectl -n kube-system delete secret {legacy}")),
         "{out}"
     );
-    assert_eq!(out.count('!'), 1, "{out}");
+    // The legacy Secret and the admin credential.
+    assert_eq!(out.count('!'), 2, "{out}");
 
     sim.control(
         reqwest::Method::DELETE,
@@ -576,7 +614,7 @@ async fn a_legacy_token_secret_is_a_warning_until_deleted() {
         '✔',
         "{out}"
     );
-    assert_eq!(out.count('!'), 0, "{out}");
+    assert_eq!(out.count('!'), 1, "only the admin credential: {out}");
     assert_no_token_requests(&sim).await;
 }
 
@@ -653,4 +691,77 @@ async fn host_problems_found_offline_still_exit_78() {
         "the online checklist still runs:\n{out}"
     );
     assert_no_token_requests(&sim).await;
+}
+
+#[tokio::test]
+async fn mint_checks_identity_and_audience_and_the_token_on_disk_is_reviewed() {
+    let sim = Sim::start(&["--clusters", "2"]);
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::create_dir_all(&tokens).unwrap();
+    // c2's file holds a token that worked until its signing key rotated.
+    let dead = sim.mint("c2", 3600).await;
+    std::fs::write(tokens.join("c2.token"), &dead).unwrap();
+    sim.control(
+        reqwest::Method::POST,
+        "/clusters/c2/signing-key/rotate",
+        None,
+    )
+    .await;
+    let config = write_config(
+        &sim,
+        dir.path(),
+        &Conf {
+            cluster_extra: vec![(
+                "c1".into(),
+                "audiences = [\"https://kubernetes.default.svc\"]".into(),
+            )],
+            ..Conf::default()
+        },
+        None,
+    );
+    let minted_before = sim.token_requests("c2").await;
+
+    // Without --mint: the file is reviewed, nothing is minted.
+    let out = check_online(&config).await;
+    assert_eq!(out.code, 1, "{out}");
+    let line = out.line(&format!("token file {}", tokens.join("c2.token").display()));
+    assert!(
+        line.contains('✘') && line.contains("does not accept the token (401"),
+        "{out}"
+    );
+    assert!(
+        out.hint(&format!("token file {}", tokens.join("c2.token").display()))
+            .contains("mcprom rotate c2"),
+        "{out}"
+    );
+    assert_eq!(
+        sim.token_requests("c2").await,
+        minted_before,
+        "no TokenRequest"
+    );
+
+    // --mint: c1's audience is refused, with the server's own named; c2's
+    // new token works. Nothing is written.
+    let out = check_online_with(&config, &["--mint"]).await;
+    assert_eq!(out.code, 1, "{out}");
+    let c1 = out.line("a 10-minute token for kube-system/prometheus-test minted and accepted: the API server does not accept audience");
+    assert!(c1.contains('✘'), "{out}");
+    assert!(
+        c1.contains("its audiences are \"https://kubernetes.default.svc.cluster.local\""),
+        "{out}"
+    );
+    assert!(
+        out.stdout.contains(
+            "✔ a 10-minute token for kube-system/prometheus-test minted and accepted (audiences"
+        ),
+        "{out}"
+    );
+    assert!(!tokens.join("c1.token").exists(), "nothing written");
+    assert_eq!(
+        std::fs::read_to_string(tokens.join("c2.token")).unwrap(),
+        dead
+    );
+    let claims_seen = sim.stats().await["clusters"]["c1"]["last_exp"].clone();
+    assert!(claims_seen.is_object(), "c1 minted: {claims_seen}");
 }

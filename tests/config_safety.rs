@@ -332,6 +332,17 @@ fn a_token_file_ending_with_a_newline_is_a_working_credential() {
     );
 }
 
+/// c1 and c2 writing these token files.
+fn token_files(c1: PathBuf, c2: PathBuf) -> Conf {
+    Conf {
+        cluster_extra: vec![
+            ("c1".into(), format!("token_file = {c1:?}")),
+            ("c2".into(), format!("token_file = {c2:?}")),
+        ],
+        ..Conf::default()
+    }
+}
+
 #[test]
 fn a_token_directory_behind_a_symlink_is_one_directory() {
     let sim = Sim::start(&["--clusters", "2"]);
@@ -340,19 +351,7 @@ fn a_token_directory_behind_a_symlink_is_one_directory() {
     std::fs::create_dir(&real).unwrap();
     let link = work.path().join("link");
     std::os::unix::fs::symlink(&real, &link).unwrap();
-    let conf = Conf {
-        cluster_extra: vec![
-            (
-                "c1".into(),
-                format!("token_file = {:?}", real.join("c1.token")),
-            ),
-            (
-                "c2".into(),
-                format!("token_file = {:?}", link.join("c2.token")),
-            ),
-        ],
-        ..Conf::default()
-    };
+    let conf = token_files(real.join("c1.token"), link.join("c2.token"));
     let config = write_config(&sim, work.path(), &conf, None);
     let daemon = Daemon::start(&config, "mcprom=info");
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -371,19 +370,7 @@ fn a_token_directory_behind_a_symlink_is_one_directory() {
     }
     drop(daemon);
     // Two clusters writing one file through two spellings of its directory.
-    let conf = Conf {
-        cluster_extra: vec![
-            (
-                "c1".into(),
-                format!("token_file = {:?}", real.join("x.token")),
-            ),
-            (
-                "c2".into(),
-                format!("token_file = {:?}", link.join("x.token")),
-            ),
-        ],
-        ..Conf::default()
-    };
+    let conf = token_files(real.join("x.token"), link.join("x.token"));
     let config = write_config(&sim, work.path(), &conf, None);
     let (code, stderr) = mcprom(&["check", "--config", config.to_str().unwrap()]);
     assert_eq!(code, 78, "{stderr}");
@@ -449,35 +436,16 @@ fn bad_live_edits_leave_the_daemon_rotating_answering_and_feeding_the_watchdog()
     let good = std::fs::read_to_string(&config).unwrap();
     let good_copy = write(work.path(), "good-copy.toml.bak", &good);
     let notify = Notifications::bind(&work.path().join("notify.sock"));
-    let mut guard = KillOnDrop(
-        Command::new(MCPROM)
-            .args(["run", "--config"])
-            .arg(&config)
-            .env("NOTIFY_SOCKET", work.path().join("notify.sock"))
-            .env("WATCHDOG_USEC", "2000000")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
+    let notify_socket = work.path().join("notify.sock");
+    let mut daemon = Daemon::start_with(
+        &config,
+        "mcprom=info",
+        &[
+            ("NOTIFY_SOCKET", notify_socket.as_os_str()),
+            ("WATCHDOG_USEC", std::ffi::OsStr::new("2000000")),
+        ],
     );
-    let child = &mut guard.0;
-    let log = Arc::new(std::sync::Mutex::new(String::new()));
-    {
-        let mut stderr = child.stderr.take().unwrap();
-        let log = log.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 8192];
-            while let Ok(n) = stderr.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                log.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-    }
+    let log = daemon.log.clone();
     let token = work.path().join("tokens/c1.token");
     let wait_for = |what: &str, timeout: Duration, f: &dyn Fn() -> bool| {
         let deadline = Instant::now() + timeout;
@@ -539,17 +507,13 @@ fn bad_live_edits_leave_the_daemon_rotating_answering_and_feeding_the_watchdog()
             "edit {n}: no watchdog pings since the edit"
         );
         assert!(
-            child.try_wait().unwrap().is_none(),
+            daemon.child.try_wait().unwrap().is_none(),
             "edit {n}: mcprom exited"
         );
     }
     std::fs::write(&config, &good).unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    assert!(child.wait().unwrap().success());
+    let (status, _) = daemon.terminate();
+    assert!(status.success());
 }
 
 #[test]
@@ -573,14 +537,12 @@ fn a_config_directory_written_to_all_the_time_is_still_reloaded() {
     // 500 ms debounce.
     let both = {
         let scratch = tempfile::tempdir().unwrap();
-        let text =
-            std::fs::read_to_string(write_config(&sim, scratch.path(), &Conf::default(), None))
-                .unwrap()
-                .replace(
-                    &scratch.path().display().to_string(),
-                    &work.path().display().to_string(),
-                );
-        text
+        std::fs::read_to_string(write_config(&sim, scratch.path(), &Conf::default(), None))
+            .unwrap()
+            .replace(
+                &scratch.path().display().to_string(),
+                &work.path().display().to_string(),
+            )
     };
     let stop = Arc::new(AtomicBool::new(false));
     let busy = {

@@ -229,6 +229,7 @@ fn cluster(name: &str, lifetime: Duration, refresh_at: f64) -> Arc<ClusterSettin
         file_group: None,
         credentials: Credentials::TokenFile("/nonexistent".into()),
         max_chain_age: None,
+        verify: Default::default(),
     })
 }
 

@@ -26,6 +26,8 @@ use mcprom::sim::{Sim, SimConfig, parse_duration};
 ///          a legacy, never-expiring token Secret for the ServiceAccount
 ///          (answers {"ok":true,"secret":"<sa>-token-xxxxx"})
 ///   DELETE /clusters/<name>/secrets/<ns>/<secret>
+///   POST   /clusters/<name>/serviceaccounts/<ns>/<sa>/recreate   (new uid at once)
+///   POST   /clusters/<name>/signing-key/rotate   (tokens issued before get 401)
 ///   GET    /stats, /clusters/<name>/stats
 #[derive(Parser, Debug)]
 #[command(name = "mcprom-sim", version, verbatim_doc_comment)]

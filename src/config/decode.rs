@@ -386,6 +386,8 @@ fn example(key: &str) -> Option<&'static str> {
         "client_key" => r#"client_key = "/etc/mcprom/prod/client.key""#,
         "self" => "self = true",
         "max_chain_age" => r#"max_chain_age = "30d""#,
+        "verify" => "verify = true",
+        "verify_interval" => r#"verify_interval = "30m""#,
         "credentials" => "[cluster.credentials] followed by kubeconfig = \"...\"",
         _ => return None,
     })

@@ -67,6 +67,10 @@ pub struct DefaultsFile {
     pub file_mode: Option<Spanned<ModeValue>>,
     /// Group of the token files (default: unset, no chgrp).
     pub file_group: Option<Spanned<String>>,
+    /// Review tokens with the API server (default true).
+    pub verify: Option<Spanned<bool>>,
+    /// How often the token in use is reviewed (default `1h`).
+    pub verify_interval: Option<Spanned<String>>,
 }
 
 /// `[metrics]`.
@@ -121,6 +125,10 @@ pub struct ClusterFile {
     pub file_group: Option<Spanned<String>>,
     /// Self-renewal only: maximum age of the token chain (default: unset, no limit).
     pub max_chain_age: Option<Spanned<String>>,
+    /// Overrides `[defaults] verify`.
+    pub verify: Option<Spanned<bool>>,
+    /// Overrides `[defaults] verify_interval`.
+    pub verify_interval: Option<Spanned<String>>,
     /// `[cluster.credentials]` (required).
     pub credentials: Option<Spanned<CredentialsFile>>,
 }

@@ -27,6 +27,12 @@ pub use host::{HostProblem, host_problems, warnings};
 pub use settings::*;
 pub use validate::ConfigError;
 
+/// The closest of `candidates` to a misspelled `word`, if one is close
+/// enough to be what was meant (the config's "did you mean").
+pub fn did_you_mean<'c>(word: &str, candidates: &[&'c str]) -> Option<&'c str> {
+    report::did_you_mean(word, candidates)
+}
+
 use std::path::Path;
 
 /// Default config path (`MCPROM_CONFIG` or `--config` override it).

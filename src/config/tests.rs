@@ -612,6 +612,7 @@ fn defaults_are_applied() {
                 context: None,
             },
             max_chain_age: None,
+            verify: Default::default(),
         }
     );
 }
@@ -935,5 +936,36 @@ fn max_chain_age_is_a_duration_for_self_renewing_clusters_only() {
         &format!("[defaults]\nmax_chain_age = \"7d\"\n\n{PROD}"),
         "/etc/mcprom.toml:2:1: [defaults]: unknown key \"max_chain_age\"",
         &["belongs in [[cluster]]"],
+    );
+}
+
+#[test]
+fn verify_is_on_by_default_and_set_in_defaults_or_per_cluster() {
+    let c = &ok(PROD).clusters[0];
+    assert_eq!(c.verify, crate::config::Verify::default());
+    assert!(c.verify.enabled);
+    assert_eq!(c.verify.interval, Duration::from_secs(3600));
+    let text = format!(
+        "[defaults]\nverify = false\nverify_interval = \"5m\"\n\n{PROD}\n{}",
+        PROD.replace(
+            "name = \"prod\"",
+            "name = \"dev\"\nverify = true\nverify_interval = \"1m\""
+        )
+        .replace("prod/kubeconfig", "dev/kubeconfig")
+    );
+    let settings = ok(&text);
+    let (prod, dev) = (&settings.clusters[0], &settings.clusters[1]);
+    assert!(!prod.verify.enabled);
+    assert_eq!(prod.verify.interval, Duration::from_secs(300));
+    assert!(dev.verify.enabled);
+    assert_eq!(dev.verify.interval, Duration::from_secs(60));
+    let too_short = PROD.replace(
+        "name = \"prod\"",
+        "name = \"prod\"\nverify_interval = \"1s\"",
+    );
+    rejects_with(
+        &too_short,
+        "/etc/mcprom.toml:3:19: cluster \"prod\": key \"verify_interval\"",
+        &["\"1s\" is too short (the minimum is 10s)"],
     );
 }

@@ -21,6 +21,11 @@ const DEFAULT_DELAY: Duration = Duration::from_secs(2);
 const DEFAULT_TOKEN_DIR: &str = "/var/lib/mcprom/tokens";
 const DEFAULT_EXPIRATION: Duration = Duration::from_secs(3600);
 const DEFAULT_REFRESH_AT: f64 = 0.8;
+/// Shortest `verify_interval`: the real API server caches a successful
+/// token authentication for about 10 s, so checking more often sees nothing new.
+const MIN_VERIFY_INTERVAL: Duration = Duration::from_secs(10);
+/// Longest `verify_interval`: a week.
+const MAX_VERIFY_INTERVAL: Duration = Duration::from_secs(7 * 86_400);
 /// `refresh_at` of a self-renewing cluster that does not set its own: the
 /// chain breaks if a token expires unrenewed, so leave half the lifetime to
 /// retry. `[defaults] refresh_at` does not apply to such clusters.
@@ -157,6 +162,7 @@ struct Defaults {
     refresh_at: f64,
     file_mode: u32,
     file_group: Option<String>,
+    verify: Verify,
 }
 
 /// A file a cluster reads: the key naming it, the resolved path, and the
@@ -528,6 +534,21 @@ impl Validator<'_> {
                 .file_group
                 .as_ref()
                 .and_then(|g| self.group_value(g, CX)),
+            verify: Verify {
+                enabled: file.verify.as_ref().is_none_or(|v| *v.get_ref()),
+                interval: file
+                    .verify_interval
+                    .as_ref()
+                    .and_then(|i| {
+                        self.duration_value(
+                            i,
+                            CX,
+                            "verify_interval",
+                            MIN_VERIFY_INTERVAL..=MAX_VERIFY_INTERVAL,
+                        )
+                    })
+                    .unwrap_or(DEFAULT_VERIFY_INTERVAL),
+            },
         }
     }
 
@@ -682,6 +703,15 @@ impl Validator<'_> {
                 Duration::from_secs(1)..=MAX_CHAIN_AGE,
             )
         });
+        let verify_interval = match &c.verify_interval {
+            None => Some(defaults.verify.interval),
+            Some(i) => self.duration_value(
+                i,
+                cx,
+                "verify_interval",
+                MIN_VERIFY_INTERVAL..=MAX_VERIFY_INTERVAL,
+            ),
+        };
         let (credentials, inputs) = self.credentials(c.credentials.as_ref(), offset, cx)?;
         let self_renew = matches!(credentials, Credentials::SelfRenew);
         let refresh_at = match &c.refresh_at {
@@ -758,6 +788,13 @@ impl Validator<'_> {
             max_chain_age: match max_chain_age {
                 None => None,
                 Some(age) => Some(age?),
+            },
+            verify: Verify {
+                enabled: c
+                    .verify
+                    .as_ref()
+                    .map_or(defaults.verify.enabled, |v| *v.get_ref()),
+                interval: verify_interval?,
             },
         };
         Some((settings, files))

@@ -496,6 +496,7 @@ mod tests {
             file_group: None,
             credentials,
             max_chain_age: None,
+            verify: Default::default(),
         }
     }
 

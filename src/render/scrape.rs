@@ -537,6 +537,7 @@ mod tests {
             file_group: None,
             credentials: Credentials::SelfRenew,
             max_chain_age: None,
+            verify: Default::default(),
         }
     }
 

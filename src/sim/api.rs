@@ -942,6 +942,21 @@ mod tests {
     }
 
     #[test]
+    fn a_rotated_signing_key_rejects_every_earlier_token_and_signs_new_ones() {
+        let c = Cluster::new("c1".into());
+        let s = settings();
+        let old = token_for(&c, 1000, 2000);
+        assert!(authenticate_token(&s, &c, &old, 1500.0).is_ok());
+        c.rotate_signing_key().unwrap();
+        assert_eq!(
+            authenticate_token(&s, &c, &old, 1500.0),
+            Err(Rejection::BadSignature)
+        );
+        let new = token_for(&c, 1000, 2000);
+        assert!(authenticate_token(&s, &c, &new, 1500.0).is_ok());
+    }
+
+    #[test]
     fn durations_read_like_the_real_validation_message() {
         assert_eq!(human(600), "10 minutes");
         assert_eq!(human(1), "1 second");

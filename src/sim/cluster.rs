@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 
@@ -169,7 +169,8 @@ const MAX_REQUEST_KEYS: usize = 1000;
 /// One simulated cluster.
 pub(crate) struct Cluster {
     pub name: String,
-    signer: OnceLock<Signer>,
+    /// Generated on first use; replaced by [`Cluster::rotate_signing_key`].
+    signer: Mutex<Option<Arc<Signer>>>,
     service_accounts: Mutex<HashMap<(String, String), String>>,
     /// Static bearer token of `mcprom-issuer`.
     pub issuer_token: String,
@@ -220,7 +221,7 @@ impl Cluster {
             issuer_token: format!("sim-issuer-{name}-{}", random_token()),
             nobody_token: format!("sim-nobody-{name}-{}", random_token()),
             name,
-            signer: OnceLock::new(),
+            signer: Mutex::new(None),
             service_accounts: Mutex::new(sas),
             faults: Mutex::new(VecDeque::new()),
             stats: Mutex::new(ClusterStats::default()),
@@ -231,12 +232,23 @@ impl Cluster {
 
     /// The signing key, generated on first use so that 10,000 idle clusters
     /// cost nothing.
-    pub fn signer(&self) -> anyhow::Result<&Signer> {
-        if let Some(s) = self.signer.get() {
-            return Ok(s);
+    pub fn signer(&self) -> anyhow::Result<Arc<Signer>> {
+        let mut signer = lock(&self.signer);
+        if let Some(s) = signer.as_ref() {
+            return Ok(s.clone());
         }
-        let s = Signer::generate()?;
-        Ok(self.signer.get_or_init(|| s))
+        let s = Arc::new(Signer::generate()?);
+        *signer = Some(s.clone());
+        Ok(s)
+    }
+
+    /// Replaces the signing key, as an API server restarted with a new
+    /// `--service-account-signing-key-file` and without the old public key:
+    /// every token signed before stops authenticating at once.
+    pub fn rotate_signing_key(&self) -> anyhow::Result<()> {
+        let s = Arc::new(Signer::generate()?);
+        *lock(&self.signer) = Some(s);
+        Ok(())
     }
 
     pub fn service_account_uid(&self, ns: &str, name: &str) -> Option<String> {

@@ -15,6 +15,12 @@
 //!   Kubernetes 1.24 have: `201 {"ok":true,"secret":"<sa>-token-xxxxx"}`,
 //!   404 if the ServiceAccount does not exist.
 //! - `DELETE /clusters/<name>/secrets/<ns>/<secret>` deletes a Secret.
+//! - `POST /clusters/<name>/serviceaccounts/<ns>/<sa>/recreate` deletes and
+//!   recreates a ServiceAccount in one step (new uid; its tokens stop
+//!   authenticating); 404 if it does not exist.
+//! - `POST /clusters/<name>/signing-key/rotate` replaces the token signing
+//!   key, as an API server restarted with a new key and without the old
+//!   one: every token issued before gets 401.
 //! - `GET /stats` (all clusters) and `GET /clusters/<name>/stats`: counters.
 
 use std::sync::Arc;
@@ -155,6 +161,20 @@ async fn handle(registry: &Registry, req: Request<Incoming>) -> Resp {
                 Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e:#}")),
             }
         }
+        (&Method::POST, ["serviceaccounts", ns, sa, "recreate"]) => {
+            if cluster.recreate_service_account(ns, sa) {
+                reply(StatusCode::OK, &json!({ "ok": true }))
+            } else {
+                error(
+                    StatusCode::NOT_FOUND,
+                    &format!("serviceaccount {ns}/{sa} does not exist"),
+                )
+            }
+        }
+        (&Method::POST, ["signing-key", "rotate"]) => match cluster.rotate_signing_key() {
+            Ok(()) => reply(StatusCode::OK, &json!({ "ok": true })),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e:#}")),
+        },
         (&Method::DELETE, ["secrets", ns, secret]) => {
             if cluster.delete_secret(ns, secret) {
                 reply(StatusCode::OK, &json!({ "ok": true }))

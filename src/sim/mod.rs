@@ -205,6 +205,21 @@ impl ClusterHandle {
         self.cluster.delete_service_account(namespace, name)
     }
 
+    /// Replaces the cluster's token signing key (the API server restarted
+    /// with a new key and without the old one): tokens issued before stop
+    /// authenticating.
+    pub fn rotate_signing_key(&self) -> anyhow::Result<()> {
+        self.cluster.rotate_signing_key()
+    }
+
+    /// Deletes and recreates a ServiceAccount in one step: it gets a new
+    /// uid, and tokens issued for the old one stop authenticating. False if
+    /// it does not exist.
+    pub fn recreate_service_account(&self, namespace: &str, name: &str) -> bool {
+        self.cluster.delete_service_account(namespace, name)
+            && self.cluster.create_service_account(namespace, name)
+    }
+
     /// Creates a ServiceAccount with a fresh uid. False if it already exists.
     pub fn create_service_account(&self, namespace: &str, name: &str) -> bool {
         self.cluster.create_service_account(namespace, name)

@@ -223,11 +223,17 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(config: &Path, rust_log: &str) -> Daemon {
+        Daemon::start_with(config, rust_log, &[])
+    }
+
+    /// [`Daemon::start`] with extra environment variables.
+    pub fn start_with(config: &Path, rust_log: &str, env: &[(&str, &std::ffi::OsStr)]) -> Daemon {
         let mut child = Command::new(MCPROM)
             .args(["run", "--config"])
             .arg(config)
             .env("RUST_LOG", rust_log)
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
