@@ -5,7 +5,8 @@
 # the installed config, purge, and check that nothing is left.
 #
 # Exits non-zero on the first failure. The machine is changed: the package
-# is purged at the end, the mcprom user stays (as after any purge).
+# is purged at the end (with the mcprom user). The .deb stays in
+# target/debian/ for testbed/systemd-e2e, which .ci/run runs next.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -147,6 +148,8 @@ for path in /usr/bin/mcprom /etc/mcprom.toml /etc/default/mcprom \
     /etc/systemd/system/multi-user.target.wants/mcprom.service; do
     [ ! -e "$path" ] && [ ! -L "$path" ] || fail "left after purge: $path"
 done
+! getent passwd mcprom >/dev/null || fail "left after purge: user $(getent passwd mcprom)"
+! getent group mcprom >/dev/null || fail "left after purge: group $(getent group mcprom)"
 echo "ok: nothing left"
 
 section "done"
