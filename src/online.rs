@@ -395,8 +395,8 @@ async fn check_api_server(cluster: &ClusterSettings, mint: bool, s: &mut Section
     let who = user.map_or_else(|| "mcprom".to_owned(), |u| format!("{u:?}"));
 
     too_powerful(&api, cluster, &groups, &who, s).await;
-    may_create_tokens(&api, cluster, &who, s).await;
-    service_account_exists(&api, cluster, s).await;
+    let may_mint = may_create_tokens(&api, cluster, &who, s).await;
+    service_account_exists(&api, cluster, may_mint, s).await;
     review_token_file(cluster, s).await;
     let legacy = legacy_secrets(&api, &cluster.service_account).await;
     if mint {
@@ -569,7 +569,13 @@ fn anonymous(s: &mut Section) {
     );
 }
 
-async fn may_create_tokens(api: &Api, cluster: &ClusterSettings, who: &str, s: &mut Section) {
+/// `true` when the server said mcprom may create the tokens.
+async fn may_create_tokens(
+    api: &Api,
+    cluster: &ClusterSettings,
+    who: &str,
+    s: &mut Section,
+) -> bool {
     let sa = &cluster.service_account;
     let what = format!("allowed to create tokens for {sa}");
     let review = json!({
@@ -619,6 +625,7 @@ async fn may_create_tokens(api: &Api, cluster: &ClusterSettings, who: &str, s: &
                     } else {
                         s.pass(format!("{what} ({})", status.reason));
                     }
+                    return true;
                 }
                 Ok(Review { status }) => {
                     let mut text =
@@ -653,39 +660,84 @@ async fn may_create_tokens(api: &Api, cluster: &ClusterSettings, who: &str, s: &
         ),
         Err(e) => s.fail(format!("{what}: {e}"), "run the check again"),
     }
+    false
 }
 
-async fn service_account_exists(api: &Api, cluster: &ClusterSettings, s: &mut Section) {
+async fn service_account_exists(
+    api: &Api,
+    cluster: &ClusterSettings,
+    may_mint: bool,
+    s: &mut Section,
+) {
     let sa = &cluster.service_account;
     let what = format!("ServiceAccount {sa} exists");
     let path = format!(
         "/api/v1/namespaces/{}/serviceaccounts/{}",
         sa.namespace, sa.name
     );
+    let missing_hint = format!(
+        "create it (`mcprom rbac {}` prints it with its RBAC); every TokenRequest fails \
+         with 404 until it exists, and tokens issued before it was deleted no longer work",
+        cluster.name
+    );
     match api.get(&path, "application/json").await {
         Ok((200, _)) => s.pass(what),
-        Ok((404, _)) => s.fail(
-            format!("ServiceAccount {sa} does not exist"),
-            format!(
-                "create it (`mcprom rbac {}` prints it with its RBAC); every TokenRequest fails \
-                 with 404 until it exists, and tokens issued before it was deleted no longer work",
-                cluster.name
+        Ok((404, _)) => s.fail(format!("ServiceAccount {sa} does not exist"), missing_hint),
+        // Least privilege may not read ServiceAccounts, but it may mint for
+        // this one: the API server looks the ServiceAccount up before it
+        // validates the request, so an invalid lifetime tells without
+        // minting anything (404 missing, 422 present).
+        Ok((403, body)) => match exists_by_token_request(api, sa, may_mint).await {
+            Some(true) => s.pass(format!(
+                "{what} (a TokenRequest that mints nothing found it)"
+            )),
+            Some(false) => s.fail(format!("ServiceAccount {sa} does not exist"), missing_hint),
+            None => s.not_checked(
+                &what,
+                format!(
+                    "{}; optional: minting tokens does not need it (grant get on serviceaccounts \
+                     to have it checked)",
+                    message(&body)
+                ),
             ),
-        ),
-        Ok((403, body)) => s.not_checked(
-            &what,
-            format!(
-                "{}; optional: minting tokens does not need it (grant get on serviceaccounts \
-                 to have it checked)",
-                message(&body)
-            ),
-        ),
+        },
         Ok((401, body)) => credential_rejected(s, &body),
         Ok((code, body)) => s.fail(
             format!("{what}: GET answered {code}: {}", message(&body)),
             "run the check again; if it persists, look at the API server's logs",
         ),
         Err(e) => s.fail(format!("{what}: {e}"), "run the check again"),
+    }
+}
+
+/// Whether `sa` exists, asked with a TokenRequest for a 1-second lifetime,
+/// which every API server refuses (422) after finding the ServiceAccount
+/// (404 when it does not): nothing is minted. `None` when the answer says
+/// neither.
+async fn exists_by_token_request(
+    api: &Api,
+    sa: &ServiceAccountRef,
+    may_mint: bool,
+) -> Option<bool> {
+    if !may_mint {
+        return None; // the answer would be 403
+    }
+    let path = format!(
+        "/api/v1/namespaces/{}/serviceaccounts/{}/token",
+        sa.namespace, sa.name
+    );
+    let request = json!({
+        "apiVersion": "authentication.k8s.io/v1",
+        "kind": "TokenRequest",
+        "spec": {"expirationSeconds": 1},
+    });
+    match api.post(&path, &request).await {
+        Ok((422, _)) => Some(true),
+        Ok((404, body)) => {
+            let status: Value = serde_json::from_slice(&body).ok()?;
+            (status["details"]["kind"] == "serviceaccounts").then_some(false)
+        }
+        _ => None,
     }
 }
 

@@ -545,11 +545,14 @@ async fn a_least_privileged_identity_is_not_checked_where_it_may_not_read() {
     assert_eq!(out.code, 0, "{out}");
     assert_eq!(out.mark("authenticated as \"mcprom-issuer\""), '✔', "{out}");
     assert_eq!(out.mark("allowed to create tokens"), '✔', "{out}");
+    // It may not read the ServiceAccount, but it may mint for it: a
+    // TokenRequest for 1 s, which the server refuses after finding the
+    // ServiceAccount, tells without minting anything.
     assert_eq!(
         out.mark(&format!(
-            "ServiceAccount {SA} exists: not checked: no permission"
+            "ServiceAccount {SA} exists (a TokenRequest that mints nothing found it)"
         )),
-        '-',
+        '✔',
         "{out}"
     );
     assert_eq!(
@@ -560,7 +563,35 @@ async fn a_least_privileged_identity_is_not_checked_where_it_may_not_read() {
         "{out}"
     );
     assert_eq!(out.count('✘'), 0, "{out}");
-    assert_no_token_requests(&sim).await;
+    let stats = &sim.stats().await["clusters"]["c1"];
+    assert_eq!(stats["tokens_issued"].as_u64(), Some(0), "{stats}");
+    let probe = "POST /api/v1/namespaces/kube-system/serviceaccounts/prometheus-test/token 422";
+    assert_eq!(stats["requests"][probe].as_u64(), Some(1), "{stats}");
+
+    // The ServiceAccount deleted: the same probe answers 404.
+    sim.control(
+        reqwest::Method::DELETE,
+        "/clusters/c1/serviceaccounts/kube-system/prometheus-test",
+        None,
+    )
+    .await;
+    let out = check_online(&config).await;
+    assert_eq!(out.code, 1, "{out}");
+    assert_eq!(
+        out.mark(&format!("ServiceAccount {SA} does not exist")),
+        '✘',
+        "{out}"
+    );
+    assert!(
+        out.hint(&format!("ServiceAccount {SA} does not exist"))
+            .contains("mcprom rbac c1"),
+        "{out}"
+    );
+    assert_eq!(out.count('✘'), 1, "{out}");
+    assert_eq!(
+        sim.stats().await["clusters"]["c1"]["tokens_issued"].as_u64(),
+        Some(0)
+    );
 }
 
 /// Creates a legacy token Secret through the sim's control endpoint.

@@ -601,6 +601,11 @@ async fn token_request(
             ));
         }
     };
+    // The real server looks the ServiceAccount up before it validates the
+    // spec: a missing one is 404 even with an invalid expirationSeconds.
+    let Some(uid) = cluster.service_account_uid(ns, name) else {
+        return Ok(not_found("serviceaccounts", name));
+    };
     let requested = expiration.unwrap_or(DEFAULT_EXPIRATION_SECONDS);
     let min = settings.min_expiration.as_secs();
     if requested < i64::try_from(min).unwrap_or(i64::MAX) {
@@ -615,9 +620,6 @@ async fn token_request(
             "may not specify a duration larger than 2^32 seconds",
         ));
     }
-    let Some(uid) = cluster.service_account_uid(ns, name) else {
-        return Ok(not_found("serviceaccounts", name));
-    };
     let mut granted = requested;
     let mut warning = None;
     if let Some(max) = settings.max_expiration {
