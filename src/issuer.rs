@@ -280,19 +280,10 @@ pub fn read_ca(path: &std::path::Path) -> Result<Vec<Vec<u8>>, IssueError> {
     Ok(certs)
 }
 
-/// The error and all its sources on one line.
+/// The error and all its sources on one line, made safe to show
+/// ([`crate::outside::text`]: errors quote servers, URLs and plugins).
 pub fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        let s = e.to_string();
-        if !text.contains(&s) {
-            text.push_str(": ");
-            text.push_str(&s);
-        }
-        source = e.source();
-    }
-    text
+    crate::outside::error_chain(error)
 }
 
 fn classify_transport(error: &kube::Error) -> IssueError {
@@ -328,7 +319,7 @@ fn status_message(body: &[u8], code: StatusCode) -> String {
         .ok()
         .and_then(|s| s.message)
         .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned());
-    let message = one_line(&message);
+    let message = crate::outside::text(&message);
     if message.is_empty() {
         code.canonical_reason().unwrap_or("no message").to_owned()
     } else {
@@ -336,10 +327,11 @@ fn status_message(body: &[u8], code: StatusCode) -> String {
     }
 }
 
-/// A server's text on one line (runs of whitespace, line breaks included,
-/// become one space): a failure is one log line, whatever the server said.
+/// A server's text on one line, capped, without control characters or
+/// secrets ([`crate::outside::text`]): a failure is one log line, whatever
+/// the server said.
 pub fn one_line(text: &str) -> String {
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
+    crate::outside::text(text)
 }
 
 fn parse_retry_after(value: Option<&http::HeaderValue>) -> Option<Duration> {
@@ -466,11 +458,19 @@ impl KubeIssuer {
                 .await
                 .map_err(|e| classify_transport(&e))?;
             let (parts, body) = response.into_parts();
-            let bytes = body
-                .collect_bytes()
+            let answer = crate::outside::read_body(body, crate::outside::MAX_TOKEN_ANSWER)
                 .await
                 .map_err(|e| classify_transport(&e))?;
-            interpret_response(parts.status, &parts.headers, &bytes, sent)
+            if answer.truncated && parts.status.is_success() {
+                return Err(IssueError::Server {
+                    code: parts.status.as_u16(),
+                    message: format!(
+                        "the answer is larger than {} KiB, far more than any TokenRequest; not read further",
+                        crate::outside::MAX_TOKEN_ANSWER >> 10
+                    ),
+                });
+            }
+            interpret_response(parts.status, &parts.headers, &answer.bytes, sent)
         };
         match tokio::time::timeout(self.timeout, exchange).await {
             Ok(result) => result.map(|mut issued| {

@@ -40,6 +40,7 @@ pub mod metrics;
 pub mod notify;
 pub mod onboarding;
 pub mod online;
+pub mod outside;
 pub mod reload;
 pub mod render;
 pub mod rotator;

@@ -149,8 +149,9 @@ impl Reloader {
         format!("{}{path}", self.settings.url.as_str().trim_end_matches('/'))
     }
 
+    /// The URL for messages: a password in it is redacted.
     fn base(&self) -> String {
-        self.settings.url.as_str().trim_end_matches('/').to_owned()
+        crate::outside::text(self.settings.url.as_str().trim_end_matches('/'))
     }
 
     fn authorize(
@@ -221,8 +222,7 @@ impl Reloader {
         let request = self.authorize(self.client.get(self.url(path)))?;
         let response = request.send().await.map_err(|e| self.transport_error(e))?;
         let status = response.status().as_u16();
-        let body = response.text().await.unwrap_or_default();
-        Ok((status, body.chars().take(64 * 1024).collect()))
+        Ok((status, capped_text(response).await))
     }
 
     /// One `POST /-/reload`.
@@ -233,9 +233,18 @@ impl Reloader {
         if status.is_success() {
             return Ok(());
         }
-        let body = response.text().await.unwrap_or_default();
+        let body = capped_text(response).await;
         reload_outcome(status.as_u16(), &body, &self.base())
     }
+}
+
+/// The start of an answer's body ([`crate::outside::MAX_PROMETHEUS_ANSWER`]
+/// at most; the rest is never read).
+async fn capped_text(response: reqwest::Response) -> String {
+    crate::outside::read_response(response, crate::outside::MAX_PROMETHEUS_ANSWER)
+        .await
+        .map(|b| String::from_utf8_lossy(&b.bytes).into_owned())
+        .unwrap_or_default()
 }
 
 /// What an answer to `POST /-/reload` from the Prometheus at `base` means:
@@ -244,7 +253,7 @@ pub fn reload_outcome(status: u16, body: &str, base: &str) -> Result<(), ReloadE
     if (200..300).contains(&status) {
         return Ok(());
     }
-    let body: String = crate::issuer::one_line(body).chars().take(1000).collect();
+    let body = crate::outside::text(body);
     Err(match status {
         401 => ReloadError::Unauthorized,
         403 => ReloadError::LifecycleDisabled(if body.is_empty() {

@@ -1,0 +1,376 @@
+//! Hostile peers and local users (issue 22, docs/security.md): the real
+//! binary against small hostile servers on 127.0.0.1 and against other
+//! local users, played by unprivileged uids through `setpriv`.
+
+mod common;
+#[path = "common/reliability.rs"]
+mod reliability;
+
+use std::io::Read as _;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use common::*;
+use reliability::*;
+
+/// The uid and gid that play "another local user".
+const OTHER_USER: u32 = 65534;
+
+/// `mcprom run` under `prlimit --nofile=N:N`, stderr collected.
+fn start_daemon_limited(config: &Path, nofile: u32, rust_log: &str) -> Daemon {
+    let prlimit = required_tool("prlimit", "apt-get install util-linux");
+    let mut child = Command::new(prlimit)
+        .arg(format!("--nofile={nofile}:{nofile}"))
+        .arg("--")
+        .arg(MCPROM)
+        .args(["run", "--config"])
+        .arg(config)
+        .env("RUST_LOG", rust_log)
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start mcprom under prlimit");
+    let log = Arc::new(std::sync::Mutex::new(String::new()));
+    let mut stderr = child.stderr.take().unwrap();
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = stderr.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    Daemon { child, log }
+}
+
+/// A Python program run as [`OTHER_USER`] (`setpriv`, no groups).
+fn as_other_user(script: &str, args: &[String]) -> std::process::Child {
+    let setpriv = required_tool("setpriv", "apt-get install util-linux");
+    let python = Path::new("/usr/bin/python3");
+    assert!(
+        python.is_file(),
+        "/usr/bin/python3 is missing; install it with: apt-get install python3"
+    );
+    Command::new(setpriv)
+        .arg(format!("--reuid={OTHER_USER}"))
+        .arg(format!("--regid={OTHER_USER}"))
+        .arg("--clear-groups")
+        .arg("--")
+        .arg(python)
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("run python3 as another user")
+}
+
+/// Peak resident set size of a process (VmHWM), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status");
+    kb * 1024
+}
+
+/// Open descriptors of a process.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// `cluster`'s entry of `status --json` through the control socket.
+async fn status_of(socket: &Path, cluster: &str) -> Option<Value> {
+    let answer = control_call(socket, &json!({"command": "status"}))
+        .await
+        .ok()?;
+    answer["clusters"]
+        .as_array()?
+        .iter()
+        .find(|c| c["name"] == cluster)
+        .cloned()
+}
+
+/// Wait until the token in `path` differs from `old`; the new one.
+async fn next_token(path: &Path, old: &str, within: Duration, what: &str) -> String {
+    eventually(within, what, || async {
+        read_token(path).filter(|t| !t.is_empty() && t != old)
+    })
+    .await
+}
+
+/// Holds `count` TCP connections to `addr` open, idle, until its stdin
+/// closes; prints how many it opened.
+const HOLD_CONNECTIONS: &str = r#"
+import socket, sys, time
+host, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+held = []
+deadline = time.monotonic() + 60
+for _ in range(count):
+    if time.monotonic() > deadline:
+        break
+    try:
+        s = socket.create_connection((host, port), timeout=2)
+        held.append(s)
+    except OSError:
+        pass
+print(len(held), flush=True)
+sys.stdin.read()
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_from_another_user_do_not_stop_rotation() {
+    let sim = Sim::start(&["--min-expiration", "1s"]);
+    let work = tempfile::tempdir().unwrap();
+    let conf = Conf {
+        expiration: "12s",
+        refresh_at: 0.5,
+        ..Conf::default()
+    };
+    let config = write_config(&sim, work.path(), &conf, None);
+    let port = free_port();
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("listen = \"\"", &format!("listen = \"127.0.0.1:{port}\""));
+    std::fs::write(&config, text).unwrap();
+    // 256 descriptors, as in the report: enough for the daemon, not for
+    // the daemon plus every connection a local user cares to open.
+    let mut daemon = start_daemon_limited(&config, 256, "info");
+    let token_path = work.path().join("tokens/c1.token");
+    let socket = work.path().join("control.sock");
+    let first = next_token(&token_path, "", Duration::from_secs(60), "a first token").await;
+
+    let mut attacker = as_other_user(
+        HOLD_CONNECTIONS,
+        &["127.0.0.1".into(), port.to_string(), "1000".into()],
+    );
+    let mut opened = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(attacker.stdout.as_mut().unwrap()),
+        &mut opened,
+    )
+    .unwrap();
+    let opened: usize = opened.trim().parse().expect("attacker's count");
+    let held_fds = open_fds(daemon.child.id());
+    eprintln!("attacker opened {opened} connections; mcprom holds {held_fds} descriptors");
+
+    // While they are held: two rotations, and status answers.
+    let second = next_token(
+        &token_path,
+        &first,
+        Duration::from_secs(60),
+        "a rotation while 1,000 connections are held",
+    )
+    .await;
+    next_token(
+        &token_path,
+        &second,
+        Duration::from_secs(60),
+        "a second rotation while 1,000 connections are held",
+    )
+    .await;
+    let c1 = status_of(&socket, "c1").await.expect("status answers");
+    assert_eq!(c1["state"], "fresh", "{c1}");
+    assert!(
+        held_fds < 200,
+        "mcprom holds {held_fds} descriptors for idle connections"
+    );
+    let log = daemon.log();
+    assert!(
+        !log.contains("Too many open files"),
+        "descriptors ran out:\n{log}"
+    );
+
+    // Released: /healthz answers.
+    drop(attacker.stdin.take());
+    attacker.wait().unwrap();
+    let released = Instant::now();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    eventually(
+        Duration::from_secs(60),
+        "/healthz after the release",
+        || {
+            let client = client.clone();
+            async move {
+                let r = client
+                    .get(format!("http://127.0.0.1:{port}/healthz"))
+                    .send()
+                    .await
+                    .ok()?;
+                (r.status() == 200).then_some(())
+            }
+        },
+    )
+    .await;
+    eprintln!(
+        "/healthz answered {:?} after the release",
+        released.elapsed()
+    );
+    let (status, _) = daemon.terminate();
+    assert!(status.success());
+}
+
+/// A hostile HTTP server: every answer has the status of its kind and a
+/// body of up to `limit` bytes (close-delimited, so it looks endless).
+struct Flood {
+    addr: SocketAddr,
+    sent: Arc<AtomicU64>,
+}
+
+impl Flood {
+    async fn start(limit: u64) -> Flood {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let sent = Arc::new(AtomicU64::new(0));
+        let total = sent.clone();
+        tokio::spawn(async move {
+            // Bounded: mcprom retries with backoff; a test run makes a few dozen.
+            for _ in 0..200 {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let total = total.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 65536 {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let prometheus = head.windows(3).any(|w| w == b"/-/");
+                    let (status, start) = if prometheus {
+                        ("500 Internal Server Error", &b"error loading config: "[..])
+                    } else {
+                        (
+                            "201 Created",
+                            &b"{\"kind\":\"TokenRequest\",\"status\":{\"token\":\""[..],
+                        )
+                    };
+                    let header = format!(
+                        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n"
+                    );
+                    if stream.write_all(header.as_bytes()).await.is_err()
+                        || stream.write_all(start).await.is_err()
+                    {
+                        return;
+                    }
+                    let chunk = vec![b'A'; 1 << 20];
+                    let mut written = 0u64;
+                    while written < limit {
+                        if stream.write_all(&chunk).await.is_err() {
+                            break;
+                        }
+                        written += chunk.len() as u64;
+                        total.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                    }
+                });
+            }
+        });
+        Flood { addr, sent }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_two_gib_answer_is_cut_at_the_cap_and_others_keep_rotating() {
+    const GIB: u64 = 1 << 30;
+    let flood = Flood::start(2 * GIB).await;
+    let sim = Sim::start(&["--min-expiration", "1s"]);
+    let work = tempfile::tempdir().unwrap();
+    let conf = Conf {
+        expiration: "12s",
+        refresh_at: 0.5,
+        reload_url: Some(format!("http://{}", flood.addr)),
+        ..Conf::default()
+    };
+    let config = write_config(&sim, work.path(), &conf, None);
+    let credential = work.path().join("issuer.token");
+    std::fs::write(&credential, "not-a-secret-credential").unwrap();
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "[[cluster]]\nname = \"flood\"\napi_server = \"http://{}\"\nservice_account = \"kube-system/prometheus-test\"\n[cluster.credentials]\ntoken_file = \"{}\"\n",
+        flood.addr,
+        credential.display()
+    ));
+    std::fs::write(&config, text).unwrap();
+    let mut daemon = Daemon::start(&config, "info");
+    let pid = daemon.child.id();
+    let socket = work.path().join("control.sock");
+    let token_path = work.path().join("tokens/c1.token");
+
+    let first = next_token(&token_path, "", Duration::from_secs(60), "c1's first token").await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let flood_status = loop {
+        let s = status_of(&socket, "flood").await;
+        // Retrying: "backoff", or "expired" as it never had a token.
+        let retrying = |s: &Value| {
+            (s["state"] == "backoff" || s["state"] == "expired")
+                && s["last_error"].is_string()
+                && s["next_refresh"].is_string()
+        };
+        if let Some(s) = s.clone().filter(retrying) {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "flood not retrying: {s:?}\n{}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let error = flood_status["last_error"].as_str().unwrap();
+    assert!(error.contains("larger than"), "{error}");
+    assert!(error.len() < 2000, "{} bytes of last_error", error.len());
+    // The other cluster keeps rotating, and the reloads (answered with an
+    // endless 500) keep failing plainly.
+    let second = next_token(&token_path, &first, Duration::from_secs(60), "c1 rotates").await;
+    next_token(
+        &token_path,
+        &second,
+        Duration::from_secs(60),
+        "c1 rotates again",
+    )
+    .await;
+    eventually(Duration::from_secs(60), "a failed reload", || async {
+        daemon
+            .log()
+            .contains("Prometheus rejected its own configuration")
+            .then_some(())
+    })
+    .await;
+    let peak = peak_rss(pid);
+    let sent = flood.sent.load(Ordering::Relaxed);
+    eprintln!(
+        "peak RSS {} MiB; the hostile server got {} MiB out before mcprom hung up",
+        peak >> 20,
+        sent >> 20
+    );
+    assert!(peak < 256 << 20, "peak RSS {} MiB", peak >> 20);
+    let log = daemon.log();
+    let longest = log.lines().map(str::len).max().unwrap_or(0);
+    assert!(longest < 4000, "a log line of {longest} bytes");
+    let (status, _) = daemon.terminate();
+    assert!(status.success());
+}
