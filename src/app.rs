@@ -255,7 +255,8 @@ impl Supervisor {
             cluster.token_file.clone(),
         ));
         let rotator = Rotator {
-            issuer: KubeIssuer::new(cluster.clone(), REQUEST_TIMEOUT),
+            issuer: KubeIssuer::new(cluster.clone(), REQUEST_TIMEOUT)
+                .with_exec_timeout(self.settings.limits.exec_timeout),
             sink: FileSink::new(
                 cluster.token_file.clone(),
                 cluster.file_mode,

@@ -136,6 +136,7 @@ impl IssueError {
 pub struct KubeIssuer {
     cluster: Arc<ClusterSettings>,
     timeout: Duration,
+    exec_timeout: Duration,
 }
 
 /// How long one TokenRequest may take, connection included.
@@ -144,15 +145,36 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 impl KubeIssuer {
     /// An issuer for `cluster`.
     pub fn new(cluster: Arc<ClusterSettings>, timeout: Duration) -> Self {
-        KubeIssuer { cluster, timeout }
+        KubeIssuer {
+            cluster,
+            timeout,
+            exec_timeout: crate::exec::DEFAULT_EXEC_TIMEOUT,
+        }
+    }
+
+    /// How long a kubeconfig exec plugin may run (`[limits] exec_timeout`).
+    pub fn with_exec_timeout(mut self, exec_timeout: Duration) -> Self {
+        self.exec_timeout = exec_timeout;
+        self
     }
 }
 
 /// Build the kube configuration for a cluster: credentials, `api_server`
-/// and `ca_file` overrides, TLS, timeouts, kube's own retries off.
+/// and `ca_file` overrides, TLS, timeouts, kube's own retries off. An exec
+/// plugin runs here ([`crate::exec`], at most the default exec timeout),
+/// never inside the kube client.
 pub async fn kube_config(
     cluster: &ClusterSettings,
     timeout: Duration,
+) -> Result<kube::Config, IssueError> {
+    kube_config_with(cluster, timeout, crate::exec::DEFAULT_EXEC_TIMEOUT).await
+}
+
+/// [`kube_config`] with an exec plugin time limit.
+pub async fn kube_config_with(
+    cluster: &ClusterSettings,
+    timeout: Duration,
+    exec_timeout: Duration,
 ) -> Result<kube::Config, IssueError> {
     let mut config = match &cluster.credentials {
         Credentials::Kubeconfig { path, context } => {
@@ -196,6 +218,7 @@ pub async fn kube_config(
             config
         }
     };
+    crate::exec::resolve(&mut config, exec_timeout).await?;
     if let Some(url) = &cluster.api_server {
         config.cluster_url = parse_uri(url)?;
     }
@@ -319,7 +342,8 @@ fn status_message(body: &[u8], code: StatusCode) -> String {
         .ok()
         .and_then(|s| s.message)
         .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned());
-    let message = crate::outside::text(&message);
+    // Room for the hint that follows it within one message.
+    let message: String = crate::outside::text(&message).chars().take(600).collect();
     if message.is_empty() {
         code.canonical_reason().unwrap_or("no message").to_owned()
     } else {
@@ -427,7 +451,7 @@ impl Issuer for KubeIssuer {
 impl KubeIssuer {
     /// One TokenRequest with the cluster's credentials.
     async fn request(&self, spec: &TokenSpec) -> Result<IssuedToken, IssueError> {
-        let config = kube_config(&self.cluster, self.timeout).await?;
+        let config = kube_config_with(&self.cluster, self.timeout, self.exec_timeout).await?;
         let credential_expires_at = credential_expiry(&config);
         let client = kube::Client::try_from(config).map_err(|e| IssueError::Config(chain(&e)))?;
         let sa = &self.cluster.service_account;

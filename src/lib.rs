@@ -34,6 +34,7 @@ pub mod commands;
 pub mod config;
 pub mod control;
 pub mod demo;
+pub mod exec;
 pub mod issuer;
 pub mod logging;
 pub mod metrics;

@@ -374,3 +374,308 @@ async fn a_two_gib_answer_is_cut_at_the_cap_and_others_keep_rotating() {
     let (status, _) = daemon.terminate();
     assert!(status.success());
 }
+
+/// A kubeconfig for `sim`'s cluster c1 whose user is an exec plugin:
+/// `/bin/sh -c SCRIPT plugin ARGS…` with `env`.
+fn exec_kubeconfig(
+    sim: &Sim,
+    dir: &Path,
+    name: &str,
+    script: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> std::path::PathBuf {
+    let mut all = vec!["-c", script, "plugin"];
+    all.extend_from_slice(args);
+    let kubeconfig = json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "c", "cluster": {
+            "server": sim.api_server("c1"),
+            "certificate-authority": sim.ca_file("c1"),
+        }}],
+        "users": [{"name": "u", "user": {"exec": {
+            "apiVersion": "client.authentication.k8s.io/v1",
+            "command": "/bin/sh",
+            "args": all,
+            "env": env.iter().map(|(k, v)| json!({"name": k, "value": v})).collect::<Vec<_>>(),
+            "interactiveMode": "Never",
+        }}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+        "current-context": "c",
+    });
+    let path = dir.join(format!("{name}.kubeconfig"));
+    std::fs::write(&path, kubeconfig.to_string()).unwrap();
+    path
+}
+
+/// A hostile API server (and Prometheus): every answer is an error whose
+/// message echoes the request it got, headers and all, with a terminal
+/// escape sequence in front.
+async fn echo_server() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        for _ in 0..500 {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 65536 {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let request = String::from_utf8_lossy(&head).into_owned();
+                let prometheus = request.contains("/-/");
+                let message = format!("\u{1b}[2J\u{1b}[31mfake OK\r{request}");
+                let (status, body) = if prometheus {
+                    ("500 Internal Server Error", message)
+                } else {
+                    (
+                        "401 Unauthorized",
+                        json!({"kind": "Status", "status": "Failure", "message": message, "code": 401})
+                            .to_string(),
+                    )
+                };
+                let answer = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_failures_echoed_requests_and_url_passwords_leak_no_secret() {
+    use base64::Engine as _;
+    const ARG_SECRET: &str = "ARG-SECRET-4f1c9a";
+    const ENV_SECRET: &str = "ENV-SECRET-77be02";
+    const CREDENTIAL: &str = "opaque-credential-5d2e8c";
+    const PROM_PASSWORD: &str = "PROM-PASSWORD-a91f3";
+    // A token in the plugin's output: its signature must never be shown.
+    const JWT: &str = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQifQ.U0lHTkFUVVJFLXNlY3JldC1wYXJ0";
+    const SIGNATURE: &str = "U0lHTkFUVVJFLXNlY3JldC1wYXJ0";
+    let basic =
+        base64::engine::general_purpose::STANDARD.encode(format!("promuser:{PROM_PASSWORD}"));
+
+    let sim = Sim::start(&["--min-expiration", "1s"]);
+    let work = tempfile::tempdir().unwrap();
+    let echo = echo_server().await;
+    let conf = Conf {
+        expiration: "12s",
+        refresh_at: 0.5,
+        reload_url: Some(format!("http://promuser:{PROM_PASSWORD}@{echo}")),
+        ..Conf::default()
+    };
+    let config = write_config(&sim, work.path(), &conf, None);
+    let failing = exec_kubeconfig(
+        &sim,
+        work.path(),
+        "failing",
+        &format!(
+            r#"echo "{{\"status\":{{\"token\":\"{JWT}\"}}}} $2 $AWS_SECRET_ACCESS_KEY"; echo "plugin: bad secret $2 / $AWS_SECRET_ACCESS_KEY, token {JWT}" >&2; exit 1"#
+        ),
+        &["--client-secret", ARG_SECRET],
+        &[("AWS_SECRET_ACCESS_KEY", ENV_SECRET)],
+    );
+    let garbage = exec_kubeconfig(
+        &sim,
+        work.path(),
+        "garbage",
+        &format!("printf 'status:\\n  token: {JWT}\\n  ]] $2 $AWS_SECRET_ACCESS_KEY\\n'"),
+        &["--client-secret", ARG_SECRET],
+        &[("AWS_SECRET_ACCESS_KEY", ENV_SECRET)],
+    );
+    let credential = work.path().join("issuer.token");
+    std::fs::write(&credential, CREDENTIAL).unwrap();
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    for (name, credentials) in [
+        ("failing", format!("kubeconfig = \"{}\"", failing.display())),
+        ("garbage", format!("kubeconfig = \"{}\"", garbage.display())),
+        ("echo", format!("token_file = \"{}\"", credential.display())),
+    ] {
+        let server = if name == "echo" {
+            format!("api_server = \"http://{echo}\"\n")
+        } else {
+            String::new()
+        };
+        text.push_str(&format!(
+            "[[cluster]]\nname = \"{name}\"\n{server}service_account = \"kube-system/prometheus-test\"\n[cluster.credentials]\n{credentials}\n\n"
+        ));
+    }
+    let port = free_port();
+    let text = text.replace("listen = \"\"", &format!("listen = \"127.0.0.1:{port}\""));
+    std::fs::write(&config, text).unwrap();
+    let mut daemon = Daemon::start(&config, "trace");
+    let socket = work.path().join("control.sock");
+
+    for name in ["failing", "garbage", "echo"] {
+        eventually(Duration::from_secs(60), name, || async {
+            status_of(&socket, name)
+                .await
+                .filter(|s| s["last_error"].is_string())
+        })
+        .await;
+    }
+    eventually(Duration::from_secs(60), "a failed reload", || async {
+        daemon
+            .log()
+            .contains("prometheus reload failed")
+            .then_some(())
+    })
+    .await;
+
+    let table = mcprom_cli(&config, &["status"]);
+    let json_status = mcprom_cli(&config, &["status", "--json"]);
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let (status, _) = daemon.terminate();
+    assert!(status.success());
+    let table_text = String::from_utf8_lossy(&table.stdout).into_owned();
+    let outputs = [
+        ("log", daemon.log()),
+        ("status", table_text.clone()),
+        (
+            "status stderr",
+            String::from_utf8_lossy(&table.stderr).into_owned(),
+        ),
+        (
+            "status --json",
+            String::from_utf8_lossy(&json_status.stdout).into_owned(),
+        ),
+        ("/metrics", metrics),
+    ];
+    for (what, output) in &outputs {
+        for secret in [
+            ARG_SECRET,
+            ENV_SECRET,
+            CREDENTIAL,
+            PROM_PASSWORD,
+            SIGNATURE,
+            basic.as_str(),
+        ] {
+            assert!(
+                !output.contains(secret),
+                "{secret} in {what}:\n{}",
+                output
+                    .lines()
+                    .filter(|l| l.contains(secret))
+                    .take(5)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
+    }
+    // What the operator sees is not rewritten by the server's escapes.
+    assert!(
+        !table_text.contains('\u{1b}') && !table_text.contains('\r'),
+        "{table_text:?}"
+    );
+    // And the errors still say what happened.
+    let json: Value = serde_json::from_slice(&json_status.stdout).unwrap();
+    let error_of = |name: &str| {
+        json["clusters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap()["last_error"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert!(
+        error_of("failing").contains("exec plugin /bin/sh failed"),
+        "{}",
+        error_of("failing")
+    );
+    assert!(
+        error_of("garbage").contains("not an ExecCredential"),
+        "{}",
+        error_of("garbage")
+    );
+    assert!(error_of("echo").contains("401"), "{}", error_of("echo"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hanging_exec_plugins_do_not_freeze_status_or_sigterm() {
+    let sim = Sim::start(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let config = write_config(&sim, work.path(), &Conf::default(), None);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    let mut pidfiles = Vec::new();
+    for name in ["hang1", "hang2"] {
+        let pidfile = work.path().join(format!("{name}.pid"));
+        // The plugin's child hangs too: the whole group must go.
+        let kubeconfig = exec_kubeconfig(
+            &sim,
+            work.path(),
+            name,
+            r#"sleep 600 & echo $! > "$1"; wait"#,
+            &[pidfile.to_str().unwrap()],
+            &[],
+        );
+        text.push_str(&format!(
+            "[[cluster]]\nname = \"{name}\"\nservice_account = \"kube-system/prometheus-test\"\n[cluster.credentials]\nkubeconfig = \"{}\"\n\n",
+            kubeconfig.display()
+        ));
+        pidfiles.push(pidfile);
+    }
+    std::fs::write(&config, text).unwrap();
+    let mut daemon = Daemon::start(&config, "info");
+    let socket = work.path().join("control.sock");
+    let pids: Vec<i32> = {
+        let mut pids = Vec::new();
+        for pidfile in &pidfiles {
+            let pid = eventually(Duration::from_secs(60), "the plugins run", || async {
+                std::fs::read_to_string(pidfile)
+                    .ok()?
+                    .trim()
+                    .parse::<i32>()
+                    .ok()
+            })
+            .await;
+            pids.push(pid);
+        }
+        pids
+    };
+    // Both plugins hang; status answers and c1 has its token.
+    for _ in 0..3 {
+        let out = mcprom_cli(&config, &["status", "--json"]);
+        let json: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "status while plugins hang: {e}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        assert_eq!(json["clusters"].as_array().unwrap().len(), 3, "{json}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let c1 = status_of(&socket, "c1").await.unwrap();
+    assert!(c1["last_refresh"].is_string(), "{c1}");
+    let (status, took) = daemon.terminate();
+    eprintln!("exited {status} {took:?} after SIGTERM with two plugins hanging");
+    assert!(status.success(), "{status}");
+    for pid in pids {
+        eventually(
+            Duration::from_secs(20),
+            "the plugin's child is killed",
+            || async {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                (stat.is_empty() || stat.split(' ').nth(2) == Some("Z")).then_some(())
+            },
+        )
+        .await;
+    }
+}
