@@ -679,3 +679,96 @@ async fn hanging_exec_plugins_do_not_freeze_status_or_sigterm() {
         .await;
     }
 }
+
+fn file_type_of(path: &Path) -> std::fs::FileType {
+    std::fs::symlink_metadata(path).unwrap().file_type()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_regular_files_are_replaced_and_a_fifo_blocks_nothing() {
+    use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+    let sim = Sim::start(&["--clusters", "3"]);
+    let work = tempfile::tempdir().unwrap();
+    let tokens = work.path().join("tokens");
+    std::fs::create_dir(&tokens).unwrap();
+    // Writable by anyone: warned about.
+    std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let device = tokens.join("c1.token");
+    let fifo = tokens.join("c2.token");
+    let mknod = required_tool("mknod", "apt-get install coreutils");
+    // A copy of /dev/null (char 1:3): what `token_file = "/dev/null"` meets.
+    assert!(
+        Command::new(mknod)
+            .arg(&device)
+            .args(["c", "1", "3"])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mkfifo = required_tool("mkfifo", "apt-get install coreutils");
+    assert!(Command::new(mkfifo).arg(&fifo).status().unwrap().success());
+    let config = write_config(&sim, work.path(), &Conf::default(), None);
+    let mut daemon = Daemon::start(&config, "info");
+    let socket = work.path().join("control.sock");
+    next_token(
+        &tokens.join("c3.token"),
+        "",
+        Duration::from_secs(60),
+        "c3's token",
+    )
+    .await;
+    for (name, kind) in [
+        ("c1", "is a character device, not a regular file"),
+        ("c2", "is a FIFO, not a regular file"),
+    ] {
+        let s = eventually(Duration::from_secs(60), name, || async {
+            status_of(&socket, name)
+                .await
+                .filter(|s| s["last_error"].is_string())
+        })
+        .await;
+        let error = s["last_error"].as_str().unwrap();
+        assert!(error.contains(kind), "{name}: {error}");
+        assert!(error.contains(&format!("{name}.token")), "{name}: {error}");
+    }
+    assert!(
+        file_type_of(&device).is_char_device(),
+        "the device was replaced"
+    );
+    assert!(file_type_of(&fifo).is_fifo(), "the FIFO was replaced");
+    assert!(
+        daemon
+            .log()
+            .contains("the token directory is writable by others than its owner"),
+        "{}",
+        daemon.log()
+    );
+    let (status, _) = daemon.terminate();
+    assert!(status.success());
+
+    // A link planted at the lock file's name is not written through.
+    let victim = work.path().join("victim");
+    std::fs::write(&victim, "precious\n").unwrap();
+    std::fs::remove_file(&device).unwrap();
+    std::fs::remove_file(&fifo).unwrap();
+    let lock = tokens.join(".mcprom.lock");
+    let _ = std::fs::remove_file(&lock);
+    std::os::unix::fs::symlink(&victim, &lock).unwrap();
+    let mut daemon = Daemon::start(&config, "info");
+    next_token(
+        &tokens.join("c1.token"),
+        "",
+        Duration::from_secs(60),
+        "c1's token",
+    )
+    .await;
+    let log = daemon.log();
+    assert!(
+        log.contains(".mcprom.lock is a symbolic link, not a regular file"),
+        "{log}"
+    );
+    let (status, _) = daemon.terminate();
+    assert!(status.success());
+    assert!(file_type_of(&lock).is_symlink());
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+}
