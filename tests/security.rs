@@ -772,3 +772,53 @@ async fn only_regular_files_are_replaced_and_a_fifo_blocks_nothing() {
     assert!(file_type_of(&lock).is_symlink());
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_cannot_be_dumped_or_read_by_its_own_user() {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    // The daemon as an unprivileged user: with PR_SET_DUMPABLE 0 the kernel
+    // hands its /proc/PID files to root, so neither that user's other
+    // processes (exec plugins included) nor a core dump can read its memory.
+    let work = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let config = work.path().join("mcprom.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[prometheus]\nreload = \"never\"\n[metrics]\nlisten = \"\"\n[control]\nsocket = \"{}\"\n",
+            work.path().join("control.sock").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut child = Command::new(required_tool("setpriv", "apt-get install util-linux"))
+        .arg(format!("--reuid={OTHER_USER}"))
+        .arg(format!("--regid={OTHER_USER}"))
+        .args(["--clear-groups", "--"])
+        .arg(MCPROM)
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let socket = work.path().join("control.sock");
+    eventually(
+        Duration::from_secs(60),
+        "the daemon's control socket",
+        || async { socket.exists().then_some(()) },
+    )
+    .await;
+    let owner = std::fs::metadata(format!("/proc/{pid}/mem")).unwrap().uid();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let status = child.wait().unwrap();
+    assert_eq!(
+        owner, 0,
+        "/proc/{pid}/mem belongs to uid {owner}: the daemon is dumpable"
+    );
+    assert!(status.success(), "{status}");
+}
