@@ -125,6 +125,10 @@ impl Reloader {
             .timeout(settings.timeout)
             .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
             .no_proxy()
+            // A redirect is an answer, not a reload: following one would
+            // send the web credentials to wherever it points and count
+            // someone else's 200 as success.
+            .redirect(reqwest::redirect::Policy::none())
             .pool_max_idle_per_host(1);
         if settings.url.scheme() == "https" {
             let bundle = settings
@@ -262,6 +266,15 @@ pub fn reload_outcome(status: u16, body: &str, base: &str) -> Result<(), ReloadE
             body
         }),
         405 => ReloadError::MethodNotAllowed(base.to_owned()),
+        300..=399 => ReloadError::Other(format!(
+            "Prometheus answered {status} (a redirect; not followed, the reload did not happen): \
+             point [prometheus] url at the Prometheus web endpoint itself{}",
+            if body.is_empty() {
+                String::new()
+            } else {
+                format!(": {body}")
+            }
+        )),
         500 => ReloadError::PrometheusConfig(body),
         code => ReloadError::Other(format!("Prometheus answered {code}: {body}")),
     })

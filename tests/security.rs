@@ -822,3 +822,71 @@ async fn the_daemon_cannot_be_dumped_or_read_by_its_own_user() {
     );
     assert!(status.success(), "{status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_from_prometheus_is_not_followed_nor_counted_as_a_reload() {
+    let target = PromStub::start(200, Duration::ZERO).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let redirector = listener.local_addr().unwrap();
+    let location = format!("http://{}/-/reload", target.addr);
+    tokio::spawn(async move {
+        for _ in 0..200 {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let location = location.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                let answer = format!(
+                    "HTTP/1.1 307 Temporary Redirect\r\nlocation: {location}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    let conf = Conf {
+        reload_url: Some(format!("http://{redirector}")),
+        ..Conf::default()
+    };
+    let rig = Rig::start(&[], &conf, None);
+    rig.first_tokens(&["c1"]).await;
+    eventually(
+        Duration::from_secs(60),
+        "the refused redirect in the log",
+        || async {
+            rig.daemon
+                .log()
+                .contains("Prometheus answered 307 (a redirect; not followed")
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(target.attempts(), 0, "the redirect was followed");
+    assert_eq!(
+        rig.metric("mcprom_prometheus_reloads_total{result=\"success\"}")
+            .await,
+        Some(0.0)
+    );
+}
+
+#[test]
+fn check_warns_about_a_token_file_mode_others_may_read_or_write() {
+    let sim = Sim::start(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let conf = Conf {
+        extra_defaults: "file_mode = \"0666\"".into(),
+        ..Conf::default()
+    };
+    let config = write_config(&sim, work.path(), &conf, None);
+    let out = mcprom_cli(&config, &["check"]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("file_mode 0666 lets every local user read it and others than mcprom write"),
+        "{text}"
+    );
+}
