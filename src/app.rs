@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use crate::config::watch::{ConfigWatcher, DEBOUNCE};
+use crate::config::watch::{ConfigWatcher, DEBOUNCE, MAX_DEBOUNCE};
 use crate::config::{self, ClusterSettings, PrometheusSettings, ReloadMode, Settings};
 use crate::control;
 use crate::issuer::{KubeIssuer, REQUEST_TIMEOUT};
@@ -132,11 +132,10 @@ impl Supervisor {
 
     fn lock_token_dirs(&mut self, settings: &Settings) -> Result<(), StartError> {
         for cluster in &settings.clusters {
-            let dir = cluster
-                .token_file
-                .parent()
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from("."));
+            // One lock per directory, however it is reached: two clusters
+            // whose token_file paths differ by a symlinked directory share
+            // it (a second flock from this process would fail as "held").
+            let dir = config::resolved_dir(&cluster.token_file);
             if self.locks.contains_key(&dir) {
                 continue;
             }
@@ -388,6 +387,84 @@ impl Fingerprint {
     }
 }
 
+/// A config re-read, done off the main loop: what [`Daemon::finish_reload`]
+/// applies.
+#[derive(Debug)]
+enum Prepared {
+    /// A file event, and the content is what was last applied (or a
+    /// half-written empty file): nothing to do.
+    Unchanged,
+    /// The file could not be read: the message says why.
+    Unreadable(String),
+    /// Read and validated.
+    Parsed {
+        fingerprint: Fingerprint,
+        settings: Result<Settings, String>,
+    },
+}
+
+/// Reads and validates the config at `path`. Blocking: runs on a blocking
+/// thread, never on the daemon's main loop. Linear in the file's size (see
+/// `config::decode`), and bounded by `input::MAX_CONFIG_BYTES`.
+fn prepare(path: &std::path::Path, last: Option<Fingerprint>, trigger: Trigger) -> Prepared {
+    let content = match config::input::read_bounded(path, config::input::MAX_CONFIG_BYTES) {
+        Ok(c) => c,
+        Err(e) => {
+            return Prepared::Unreadable(format!(
+                "cannot read the config file {}: {e}; keeping the last good config",
+                path.display()
+            ));
+        }
+    };
+    let fingerprint = Fingerprint::of(&content);
+    if trigger == Trigger::FileEvent && last == Some(fingerprint) {
+        return Prepared::Unchanged;
+    }
+    if trigger == Trigger::FileEvent && content.iter().all(u8::is_ascii_whitespace) {
+        // An in-place save truncates first: an empty file is (almost
+        // certainly) half-written, and applying it would stop every
+        // cluster. The write that follows brings another event.
+        warn!(config = %path.display(), "the config file is empty: waiting for the rest of the write (use `mcprom reload` to apply an empty config on purpose)");
+        return Prepared::Unchanged;
+    }
+    let settings = match String::from_utf8(content) {
+        Ok(text) => config::parse(&text, path).map_err(|e| e.to_string()),
+        Err(e) => Err(format!(
+            "{}: the file is not UTF-8 (invalid byte at offset {})",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        )),
+    };
+    Prepared::Parsed {
+        fingerprint,
+        settings,
+    }
+}
+
+/// A reload running off the main loop, and who waits for its outcome.
+struct PendingReload {
+    handle: tokio::task::JoinHandle<Prepared>,
+    replies: Vec<oneshot::Sender<control::Response>>,
+}
+
+/// A reload asked for while another ran: started when that one ends, so it
+/// reads the file as it is then.
+#[derive(Default)]
+struct QueuedReload {
+    trigger: Option<Trigger>,
+    replies: Vec<oneshot::Sender<control::Response>>,
+}
+
+impl QueuedReload {
+    fn add(&mut self, trigger: Trigger, reply: Option<oneshot::Sender<control::Response>>) {
+        // An explicit request wins: it is re-validated even if unchanged.
+        if self.trigger != Some(Trigger::Explicit) {
+            self.trigger = Some(trigger);
+        }
+        self.replies.extend(reply);
+    }
+}
+
 /// What triggered a config reload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Trigger {
@@ -437,72 +514,63 @@ impl Daemon {
     }
 
     /// Re-read the config; apply it when valid and different. `Ok(changed)`.
-    async fn reload(&mut self, trigger: Trigger) -> Result<bool, String> {
-        let outcome = self.reload_settings(trigger);
-        let listen = self.supervisor.settings().metrics.listen;
-        self.sync_metrics(listen).await;
-        outcome
+    /// Starts re-reading the config on a blocking thread; the main loop
+    /// keeps answering `status` and feeding the watchdog meanwhile, and
+    /// calls [`Daemon::finish_reload`] with the outcome.
+    fn start_reload(&self, trigger: Trigger) -> tokio::task::JoinHandle<Prepared> {
+        let path = self.path.clone();
+        let last = self.last_content;
+        tokio::task::spawn_blocking(move || prepare(&path, last, trigger))
     }
 
-    fn reload_settings(&mut self, trigger: Trigger) -> Result<bool, String> {
-        let content = match std::fs::read(&self.path) {
-            Ok(c) => c,
-            Err(e) => {
-                let message = format!(
-                    "cannot read the config file {}: {e}; keeping the last good config",
-                    self.path.display()
-                );
+    /// Applies a prepared reload: quick, on the main loop.
+    async fn finish_reload(&mut self, prepared: Prepared) -> Result<bool, String> {
+        let outcome = match prepared {
+            Prepared::Unchanged => Ok(false),
+            Prepared::Unreadable(message) => {
                 warn!("{message}");
                 // Visible in mcprom_config_last_reload_successful: the next
                 // start would fail. Whatever content comes back (even the
                 // same) is validated again and clears it.
                 self.supervisor.state().config_loaded(Err(message.clone()));
                 self.last_content = None;
-                return Err(message);
+                Err(message)
+            }
+            Prepared::Parsed {
+                fingerprint,
+                settings,
+            } => {
+                self.last_content = Some(fingerprint);
+                notify::reloading();
+                let outcome = settings.and_then(|settings| {
+                    if &settings == self.supervisor.settings() {
+                        return Ok(false);
+                    }
+                    self.supervisor.apply(settings).map_err(|e| e.to_string())?;
+                    Ok(true)
+                });
+                let state = self.supervisor.state().clone();
+                match &outcome {
+                    Ok(changed) => {
+                        state.config_loaded(Ok(()));
+                        if *changed {
+                            info!(config = %self.path.display(), "configuration reloaded");
+                        } else {
+                            info!(config = %self.path.display(), "configuration re-read: nothing changed");
+                        }
+                    }
+                    Err(e) => {
+                        state.config_loaded(Err(e.clone()));
+                        error!("configuration reload failed, keeping the last good config:\n{e}");
+                    }
+                }
+                notify::ready(&summary(&state));
+                outcome
             }
         };
-        let fingerprint = Fingerprint::of(&content);
-        if trigger == Trigger::FileEvent && self.last_content == Some(fingerprint) {
-            return Ok(false);
-        }
-        if trigger == Trigger::FileEvent && content.iter().all(u8::is_ascii_whitespace) {
-            // An in-place save truncates first: an empty file is (almost
-            // certainly) half-written, and applying it would stop every
-            // cluster. The write that follows brings another event.
-            warn!(config = %self.path.display(), "the config file is empty: waiting for the rest of the write (use `mcprom reload` to apply an empty config on purpose)");
-            return Ok(false);
-        }
-        self.last_content = Some(fingerprint);
-        notify::reloading();
-        let outcome = self.apply(content);
-        let state = self.supervisor.state().clone();
-        match &outcome {
-            Ok(changed) => {
-                state.config_loaded(Ok(()));
-                if *changed {
-                    info!(config = %self.path.display(), "configuration reloaded");
-                } else {
-                    info!(config = %self.path.display(), "configuration re-read: nothing changed");
-                }
-            }
-            Err(e) => {
-                state.config_loaded(Err(e.clone()));
-                error!("configuration reload failed, keeping the last good config:\n{e}");
-            }
-        }
-        notify::ready(&summary(&state));
+        let listen = self.supervisor.settings().metrics.listen;
+        self.sync_metrics(listen).await;
         outcome
-    }
-
-    fn apply(&mut self, content: Vec<u8>) -> Result<bool, String> {
-        let text = String::from_utf8(content)
-            .map_err(|_| format!("{}: the file is not UTF-8", self.path.display()))?;
-        let settings = config::parse(&text, &self.path).map_err(|e| e.to_string())?;
-        if &settings == self.supervisor.settings() {
-            return Ok(false);
-        }
-        self.supervisor.apply(settings).map_err(|e| e.to_string())?;
-        Ok(true)
     }
 
     fn status(&self) -> control::StatusReport {
@@ -603,7 +671,10 @@ pub async fn run_with_state(
 
     let path = settings.path.clone();
     let socket = settings.control.socket.clone();
-    let last_content = std::fs::read(&path).ok().map(|c| Fingerprint::of(&c));
+    let last_content =
+        crate::config::input::read_bounded(&path, crate::config::input::MAX_CONFIG_BYTES)
+            .ok()
+            .map(|c| Fingerprint::of(&c));
     let cancel = CancellationToken::new();
     let supervisor = Supervisor::start(settings, state.clone(), cancel.clone())?;
     let mut daemon = Daemon {
@@ -645,36 +716,59 @@ pub async fn run_with_state(
     status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     daemon.report_health();
     let mut reread_at: Option<tokio::time::Instant> = None;
+    let mut first_event: Option<tokio::time::Instant> = None;
+    let mut pending: Option<PendingReload> = None;
+    let mut queued = QueuedReload::default();
 
     tokio::pin!(shutdown);
     loop {
+        if pending.is_none()
+            && let Some(trigger) = queued.trigger.take()
+        {
+            pending = Some(PendingReload {
+                handle: daemon.start_reload(trigger),
+                replies: std::mem::take(&mut queued.replies),
+            });
+        }
         tokio::select! {
             () = &mut shutdown => break,
             Some(_) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
                 info!("SIGHUP: re-reading the configuration");
-                let _ = daemon.reload(Trigger::Explicit).await;
+                queued.add(Trigger::Explicit, None);
             }
             () = async { match watcher.as_mut() { Some(w) => w.event().await, None => std::future::pending().await } } => {
-                // Debounce: re-read once the directory has been quiet for a while.
-                reread_at = Some(tokio::time::Instant::now() + DEBOUNCE);
+                // Debounce: re-read once the directory has been quiet for a
+                // while, but no later than MAX_DEBOUNCE after the first
+                // event, so a file written to all the time is still read.
+                let now = tokio::time::Instant::now();
+                let first = *first_event.get_or_insert(now);
+                reread_at = Some((now + DEBOUNCE).min(first + MAX_DEBOUNCE));
             }
             () = async { match reread_at { Some(at) => tokio::time::sleep_until(at).await, None => std::future::pending().await } } => {
                 reread_at = None;
-                let _ = daemon.reload(Trigger::FileEvent).await;
+                first_event = None;
+                queued.add(Trigger::FileEvent, None);
+            }
+            prepared = async { match pending.as_mut() { Some(p) => (&mut p.handle).await, None => std::future::pending().await } } => {
+                let replies = pending.take().map(|p| p.replies).unwrap_or_default();
+                let outcome = match prepared {
+                    Ok(prepared) => daemon.finish_reload(prepared).await,
+                    Err(e) => Err(format!("reading the configuration failed: {e}; keeping the last good config")),
+                };
+                for reply in replies {
+                    let _ = reply.send(control::Response::Reload {
+                        ok: outcome.is_ok(),
+                        changed: outcome.as_ref().is_ok_and(|c| *c),
+                        error: outcome.clone().err(),
+                    });
+                }
             }
             Some((request, reply)) = control_rx.recv() => match request {
                 control::Request::Status => {
                     let _ = reply.send(control::Response::Status(daemon.status()));
                 }
                 control::Request::Rotate { clusters } => daemon.rotate(clusters, reply),
-                control::Request::Reload => {
-                    let outcome = daemon.reload(Trigger::Explicit).await;
-                    let _ = reply.send(control::Response::Reload {
-                        ok: outcome.is_ok(),
-                        changed: outcome.as_ref().is_ok_and(|c| *c),
-                        error: outcome.err(),
-                    });
-                }
+                control::Request::Reload => queued.add(Trigger::Explicit, Some(reply)),
             },
             Ok(()) = changes.changed() => {
                 if !daemon.ready {

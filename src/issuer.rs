@@ -11,11 +11,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{Request, StatusCode};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::config::KubeConfigOptions;
 use rustls_pki_types::{CertificateDer, pem::PemObject};
 use serde::Deserialize;
 
-use crate::config::{ClusterSettings, Credentials};
+use crate::config::{ClusterSettings, Credentials, input};
 use crate::token::{IssuedToken, Token};
 
 /// What to ask for.
@@ -178,9 +178,8 @@ pub async fn kube_config_with(
 ) -> Result<kube::Config, IssueError> {
     let mut config = match &cluster.credentials {
         Credentials::Kubeconfig { path, context } => {
-            let kubeconfig = Kubeconfig::read_from(path).map_err(|e| {
-                IssueError::Config(format!("kubeconfig {}: {}", path.display(), chain(&e)))
-            })?;
+            let kubeconfig = input::read_kubeconfig(path)
+                .map_err(|e| IssueError::Config(format!("kubeconfig {}: {e}", path.display())))?;
             let options = KubeConfigOptions {
                 context: context.clone(),
                 ..KubeConfigOptions::default()
@@ -196,22 +195,29 @@ pub async fn kube_config_with(
                 IssueError::Config("api_server is required without a kubeconfig".into())
             })?;
             let mut config = kube::Config::new(parse_uri(url)?);
+            let b64 = |pem: &[u8]| {
+                use base64::Engine as _;
+                base64::engine::general_purpose::STANDARD.encode(pem)
+            };
             match other {
                 Credentials::TokenFile(path) => {
-                    check_readable(path, "credentials.token_file")?;
-                    config.auth_info.token_file = Some(path.to_string_lossy().into_owned());
+                    let token = input::read_token(path)
+                        .map_err(|e| input_error("credentials.token_file", path, e))?;
+                    config.auth_info.token = Some(token.into());
                 }
                 Credentials::ClientCert { cert, key } => {
-                    check_readable(cert, "credentials.client_cert")?;
-                    check_readable(key, "credentials.client_key")?;
-                    config.auth_info.client_certificate = Some(cert.to_string_lossy().into_owned());
-                    config.auth_info.client_key = Some(key.to_string_lossy().into_owned());
+                    let cert_pem = input::read(cert)
+                        .and_then(|pem| input::parse_certificates(&pem).map(|_| pem))
+                        .map_err(|e| input_error("credentials.client_cert", cert, e))?;
+                    let key_pem = input::read_private_key(key)
+                        .map_err(|e| input_error("credentials.client_key", key, e))?;
+                    config.auth_info.client_certificate_data = Some(b64(&cert_pem));
+                    config.auth_info.client_key_data = Some(b64(&key_pem).into());
                 }
                 Credentials::SelfRenew => {
-                    std::fs::File::open(&cluster.token_file)
-                        .map_err(|e| crate::selfrenew::unreadable_token(cluster, &e))?;
-                    config.auth_info.token_file =
-                        Some(cluster.token_file.to_string_lossy().into_owned());
+                    let token = input::read_token(&cluster.token_file)
+                        .map_err(|e| crate::selfrenew::unreadable_token(cluster, &e.into()))?;
+                    config.auth_info.token = Some(token.into());
                 }
                 Credentials::Kubeconfig { .. } => unreachable!("handled above"),
             }
@@ -246,7 +252,7 @@ pub fn credential_expiry(config: &kube::Config) -> Option<SystemTime> {
         .token
         .as_ref()
         .map(|t| t.expose_secret().to_owned())
-        .or_else(|| std::fs::read_to_string(auth.token_file.as_ref()?).ok());
+        .or_else(|| input::read_token(std::path::Path::new(auth.token_file.as_ref()?)).ok());
     if let Some(token) = token {
         return crate::token::Claims::peek(token.trim())
             .ok()
@@ -259,7 +265,7 @@ pub fn credential_expiry(config: &kube::Config) -> Option<SystemTime> {
                 .decode(data.trim())
                 .ok()?
         }
-        (None, Some(path)) => std::fs::read(path).ok()?,
+        (None, Some(path)) => input::read(std::path::Path::new(path)).ok()?,
         (None, None) => return None,
     };
     certificate_not_after(&pem)
@@ -280,27 +286,13 @@ fn parse_uri(url: &url::Url) -> Result<http::Uri, IssueError> {
         .map_err(|e| IssueError::Config(format!("api_server {url}: {e}")))
 }
 
-fn check_readable(path: &std::path::Path, key: &str) -> Result<(), IssueError> {
-    std::fs::File::open(path)
-        .map(drop)
-        .map_err(|e| IssueError::Config(format!("{key} {}: {e}", path.display())))
+fn input_error(key: &str, path: &std::path::Path, error: input::InputError) -> IssueError {
+    IssueError::Config(format!("{key} {}: {error}", path.display()))
 }
 
 /// Read a PEM bundle of CA certificates.
 pub fn read_ca(path: &std::path::Path) -> Result<Vec<Vec<u8>>, IssueError> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| IssueError::Config(format!("ca_file {}: {e}", path.display())))?;
-    let certs: Vec<Vec<u8>> = CertificateDer::pem_slice_iter(&bytes)
-        .map(|c| c.map(|c| c.to_vec()))
-        .collect::<Result<_, _>>()
-        .map_err(|e| IssueError::Config(format!("ca_file {}: {e}", path.display())))?;
-    if certs.is_empty() {
-        return Err(IssueError::Config(format!(
-            "ca_file {}: no PEM certificate in it",
-            path.display()
-        )));
-    }
-    Ok(certs)
+    input::read_certificates(path).map_err(|e| input_error("ca_file", path, e))
 }
 
 /// The error and all its sources on one line, made safe to show

@@ -28,7 +28,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Method, Request};
-use kube::config::Kubeconfig;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
@@ -753,7 +752,7 @@ impl Trust {
 
 /// Where the kubeconfig's CA for the selected context comes from.
 fn kubeconfig_ca(path: &Path, context: Option<&str>) -> Option<String> {
-    let kubeconfig = Kubeconfig::read_from(path).ok()?;
+    let kubeconfig = crate::config::input::parse_kubeconfig(path).ok()?;
     let name = context
         .map(str::to_owned)
         .or_else(|| kubeconfig.current_context.clone())?;

@@ -135,7 +135,7 @@ impl Reloader {
                 .ca_file
                 .clone()
                 .unwrap_or_else(|| SYSTEM_CA_BUNDLE.into());
-            let pem = std::fs::read(&bundle).map_err(|e| {
+            let pem = crate::config::input::read(&bundle).map_err(|e| {
                 ReloadError::Other(format!("[prometheus] ca_file {}: {e}", bundle.display()))
             })?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
@@ -163,7 +163,7 @@ impl Reloader {
         request: reqwest::RequestBuilder,
     ) -> Result<reqwest::RequestBuilder, ReloadError> {
         let read = |path: &std::path::Path, key: &str| {
-            std::fs::read_to_string(path)
+            crate::config::input::read_text(path)
                 .map(|s| s.trim_end_matches(['\r', '\n']).to_owned())
                 .map_err(|e| {
                     ReloadError::Other(format!("[prometheus] {key} {}: {e}", path.display()))
@@ -237,7 +237,23 @@ impl Reloader {
         if status.is_success() {
             return Ok(());
         }
-        let body = capped_text(response).await;
+        let body = match crate::outside::read_response(
+            response,
+            crate::outside::MAX_PROMETHEUS_ANSWER,
+        )
+        .await
+        {
+            Ok(body) => String::from_utf8_lossy(&body.bytes).into_owned(),
+            // Not "rejected its own configuration (500): ": the answer said
+            // nothing we could read.
+            Err(e) => {
+                return Err(ReloadError::Other(format!(
+                    "Prometheus at {} answered {status} to the reload, but its answer could not be read: {}",
+                    self.base(),
+                    self.transport_error(e)
+                )));
+            }
+        };
         reload_outcome(status.as_u16(), &body, &self.base())
     }
 }

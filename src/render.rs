@@ -12,10 +12,9 @@ pub mod scrape;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
-use kube::config::{AuthInfo, Cluster, Kubeconfig};
+use kube::config::{AuthInfo, Cluster};
 
 use crate::config::{ClusterSettings, Settings};
-use crate::issuer::chain;
 
 /// Rendering failed. Messages name the cluster and the file concerned.
 #[derive(Debug, thiserror::Error)]
@@ -92,8 +91,8 @@ pub(crate) fn kubeconfig_entry(
     context: Option<&str>,
 ) -> Result<KubeconfigEntry, String> {
     let shown = path.display();
-    let config =
-        Kubeconfig::read_from(path).map_err(|e| format!("kubeconfig {shown}: {}", chain(&e)))?;
+    let config = crate::config::input::parse_kubeconfig(path)
+        .map_err(|e| format!("kubeconfig {shown}: {e}"))?;
     let name = match context.or(config.current_context.as_deref()) {
         Some(name) if !name.is_empty() => name.to_owned(),
         _ => {

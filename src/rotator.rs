@@ -404,11 +404,45 @@ impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
             Ok(issued) => issued,
             Err(e) => return Some(Err(e.into())),
         };
+        if let Some(refused) = refuse(&self.cluster, &issued, SystemTime::now()) {
+            return Some(Err(refused.into()));
+        }
         if let Err(e) = self.sink.write(&issued.token).await {
             return Some(Err(e.into()));
         }
         Some(Ok((issued, sent, sent_wall)))
     }
+}
+
+/// Why a token the server issued must not be written, if it must not: it
+/// is for another ServiceAccount than the configured one (a misrouted or
+/// hostile answer), or it has already expired by this host's clock.
+fn refuse(cluster: &ClusterSettings, issued: &IssuedToken, now: SystemTime) -> Option<IssueError> {
+    let claims = &issued.claims;
+    if !matches!(cluster.credentials, Credentials::SelfRenew) {
+        let want = cluster.service_account.subject();
+        if claims.subject.as_deref() != Some(want.as_str()) {
+            return Some(IssueError::Server {
+                code: 0,
+                message: format!(
+                    "the API server issued a token for {:?}, not for the configured {want:?}: \
+                     not written (is api_server the right cluster?)",
+                    claims.subject.as_deref().unwrap_or("no subject")
+                ),
+            });
+        }
+    }
+    if claims.expiry() <= now {
+        return Some(IssueError::Server {
+            code: 0,
+            message: format!(
+                "the API server issued a token that expired at {} by this host's clock: not \
+                 written (compare the clocks of this host and the API server: timedatectl)",
+                jiff_time(claims.expiry())
+            ),
+        });
+    }
+    None
 }
 
 fn retry_after(error: &AttemptError) -> Option<Duration> {
@@ -720,6 +754,33 @@ mod tests {
             valid_until: Some(Instant::now() + Duration::from_secs(60)),
         };
         assert_eq!(expired.time_left(), None);
+    }
+
+    #[test]
+    fn a_token_for_another_account_or_already_expired_is_refused() {
+        let c = cluster();
+        let now = now_secs();
+        let issued = |token: Token| IssuedToken {
+            claims: token.claims().unwrap(),
+            token,
+            lifetime: Duration::from_secs(3600),
+            warning: None,
+            credential_expires_at: None,
+        };
+        let wall = SystemTime::now();
+        assert!(refuse(&c, &issued(jwt(now, now + 3600)), wall).is_none());
+        let expired = refuse(&c, &issued(jwt(now - 7200, now - 3600)), wall).unwrap();
+        assert!(
+            expired.to_string().contains("already") || expired.to_string().contains("expired at"),
+            "{expired}"
+        );
+        let mut other = (*c).clone();
+        other.service_account.name = "someone-else".into();
+        let wrong = refuse(&other, &issued(jwt(now, now + 3600)), wall).unwrap();
+        assert!(
+            wrong.to_string().contains("not for the configured"),
+            "{wrong}"
+        );
     }
 
     #[test]

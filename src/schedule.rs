@@ -3,6 +3,22 @@
 //! Nothing here reads a clock or does I/O: every function takes the times
 //! and the random draw (`draw` in `[0, 1)`) it needs, so the policy can be
 //! tested exhaustively and the rotator stays a thin adapter around it.
+//!
+//! # The invariant
+//!
+//! While a token is valid, the next attempt to replace it comes before it
+//! expires, with a margin, whatever the server says: with `left` the time
+//! the current token has to live, every delay this module returns is at
+//! most `max(left / 2, 1 s)`. A refresh is planned strictly inside the
+//! lifetime; a retry's exponential backoff is capped at a quarter of
+//! `left`; and a server's `Retry-After` (429), however large, is honoured
+//! only up to half of `left`. The property test at the end of this file
+//! checks it over random lifetimes, attempts, draws and server answers.
+//!
+//! And no schedule can hammer a server: a refresh is never planned sooner
+//! than [`MIN_REFRESH_INTERVAL`] after the request (or half the lifetime,
+//! for a token that lives less than twice that), and no retry comes sooner
+//! than [`BACKOFF_FLOOR`].
 
 use std::time::Duration;
 
@@ -22,6 +38,9 @@ pub const BACKOFF_EXPIRED_MAX: Duration = Duration::from_secs(30);
 pub const BACKOFF_FLOOR: Duration = Duration::from_millis(200);
 /// Longest `Retry-After` mcprom honours; a server asking for more is retried after this.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+/// A token is never refreshed sooner than this after it was requested (the
+/// config refuses `refresh_at × expiration` below it).
+pub const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(2);
 
 fn unit(draw: f64) -> f64 {
     if draw.is_finite() {
@@ -35,7 +54,8 @@ fn unit(draw: f64) -> f64 {
 ///
 /// `refresh_at × lifetime`, minus a jitter of up to 10 % of the rest of the
 /// lifetime (at most 60 s) so that clusters issued together spread out, and
-/// never more than 24 h. Measured from the send time on the local monotonic
+/// never more than 24 h; never sooner than [`MIN_REFRESH_INTERVAL`] (or half
+/// the lifetime, if that is shorter). Measured from the send time on the local monotonic
 /// clock, so a skewed server clock cannot make the token expire early: the
 /// lifetime itself comes from `exp − iat`, both the server's clock.
 pub fn refresh_after(lifetime: Duration, refresh_at: f64, draw: f64) -> Duration {
@@ -45,7 +65,11 @@ pub fn refresh_after(lifetime: Duration, refresh_at: f64, draw: f64) -> Duration
         .mul_f64(JITTER_FRACTION)
         .min(MAX_JITTER)
         .mul_f64(unit(draw));
-    planned.saturating_sub(jitter).min(MAX_REFRESH_AFTER)
+    let floor = MIN_REFRESH_INTERVAL.min(lifetime / 2);
+    planned
+        .saturating_sub(jitter)
+        .max(floor)
+        .min(MAX_REFRESH_AFTER)
 }
 
 /// For a token found on disk at start-up: `Some(delay until its refresh)` when
@@ -68,7 +92,8 @@ pub fn adopt(lifetime: Duration, age: Duration, refresh_at: f64, draw: f64) -> O
 /// Exponential from 1 s with full jitter; the cap is a quarter of the time
 /// the current token has left (at least 1 s, at most 5 min), or 30 s when
 /// it has expired or there is none. A `Retry-After` from the server (429)
-/// is honoured up to 5 min.
+/// is honoured up to 5 min, and while the token is valid up to half of the
+/// time it has left: a server's wish never outlives the token.
 pub fn backoff(
     attempt: u32,
     time_left: Option<Duration>,
@@ -81,8 +106,12 @@ pub fn backoff(
         _ => BACKOFF_EXPIRED_MAX,
     };
     let jittered = exponential.min(cap).mul_f64(unit(draw)).max(BACKOFF_FLOOR);
+    let honoured = match time_left {
+        Some(left) if !left.is_zero() => MAX_RETRY_AFTER.min(left / 2),
+        _ => MAX_RETRY_AFTER,
+    };
     match retry_after {
-        Some(after) => jittered.max(after.min(MAX_RETRY_AFTER)),
+        Some(after) => jittered.max(after.min(honoured)),
         None => jittered,
     }
 }
@@ -186,6 +215,52 @@ mod tests {
         assert_eq!(backoff(0, Some(H), Some(S(7200)), 0.0), MAX_RETRY_AFTER);
         // A longer jittered backoff wins over a short Retry-After.
         assert_eq!(backoff(5, Some(H), Some(S(2)), 1.0), S(32));
+    }
+
+    #[test]
+    fn retry_after_never_outlives_the_token() {
+        // 119 s left, the server asks for 300 s: retried within 59.5 s.
+        let d = backoff(0, Some(S(119)), Some(S(300)), 0.0);
+        assert_eq!(d, Duration::from_millis(59_500));
+        // Expired: the server's wish is honoured up to the usual 5 min.
+        assert_eq!(backoff(0, None, Some(S(7200)), 0.0), MAX_RETRY_AFTER);
+    }
+
+    #[test]
+    fn refreshes_never_come_sooner_than_the_floor() {
+        // refresh_at = 1e-9 of an hour would be 3.6 µs.
+        assert_eq!(refresh_after(H, 1e-9, 0.0), MIN_REFRESH_INTERVAL);
+        // A 1 s token (a simulator): half its life.
+        assert_eq!(refresh_after(S(1), 1e-9, 0.0), Duration::from_millis(500));
+    }
+
+    proptest::proptest! {
+        /// The module's invariant: while a token is valid, the next attempt
+        /// comes at most `max(left / 2, 1 s)` from now, whatever the server
+        /// answers; refreshes land inside the lifetime and not before the
+        /// floor.
+        #[test]
+        fn the_next_attempt_always_comes_before_the_token_expires(
+            lifetime_ms in 1u64..=(30 * 86_400_000),
+            left_ms in 1u64..=(30 * 86_400_000),
+            refresh_at in 1e-12f64..0.999_999,
+            attempt in 0u32..=u32::MAX,
+            retry_after_ms in proptest::option::of(0u64..=u64::MAX / 4),
+            draw in -1.0f64..2.0,
+        ) {
+            let lifetime = Duration::from_millis(lifetime_ms);
+            let refresh = refresh_after(lifetime, refresh_at, draw);
+            proptest::prop_assert!(refresh < lifetime);
+            proptest::prop_assert!(refresh >= MIN_REFRESH_INTERVAL.min(lifetime / 2));
+
+            let left = Duration::from_millis(left_ms);
+            let retry_after = retry_after_ms.map(Duration::from_millis);
+            let delay = backoff(attempt, Some(left), retry_after, draw);
+            proptest::prop_assert!(delay <= (left / 2).max(BACKOFF_BASE), "{delay:?} for {left:?} left");
+            proptest::prop_assert!(delay >= BACKOFF_FLOOR);
+            let expired = backoff(attempt, None, retry_after, draw);
+            proptest::prop_assert!(expired <= MAX_RETRY_AFTER && expired >= BACKOFF_FLOOR);
+        }
     }
 
     #[test]

@@ -118,6 +118,12 @@ fn mutated(seeds: Vec<Vec<u8>>, words: &'static [&'static str]) -> impl Strategy
 // ---------------------------------------------------------------- config
 
 const CONFIG_WORDS: &[&str] = &[
+    "[[defaults]]\n",
+    "[[prometheus]]\n",
+    "[[metrics]]\n",
+    "[[limits]]\n",
+    "[[control]]\n",
+    "[[cluster.credentials]]\n",
     "[prometheus]\n",
     "[defaults]\n",
     "[metrics]\n",
@@ -247,6 +253,9 @@ fn toml_document() -> impl Strategy<Value = String> {
             "[limits]",
             "[[cluster]]",
             "[cluster.credentials]",
+            "[[defaults]]",
+            "[[limits]]",
+            "[[cluster.credentials]]",
             "[other]",
             "",
         ]),
@@ -264,20 +273,118 @@ fn config_seeds() -> Vec<Vec<u8>> {
     seeds
 }
 
+/// Each config input gets this long to decode and validate. A hang guard
+/// far above the milliseconds it takes, not a timing claim.
+const CONFIG_TIME_BUDGET: Duration = Duration::from_secs(20);
+
+/// Memory one config input may use while it is decoded: 8 MiB plus 1 KiB
+/// per byte of input (a linear bound with a wide margin).
+fn config_memory_budget(text: &str) -> usize {
+    (8 << 20) + 1024 * text.len()
+}
+
 fn check_config(text: &str) {
-    match mcprom::config::parse(text, Path::new("/etc/mcprom.toml")) {
-        Ok(settings) => {
-            let _ = mcprom::config::warnings(&settings);
-            for c in &settings.clusters {
-                assert!(c.token_file.is_absolute(), "{:?}", c.token_file);
-                assert!(c.refresh_at > 0.0 && c.refresh_at < 1.0, "{}", c.refresh_at);
+    let owned = text.to_owned();
+    let budget = config_memory_budget(text);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let peak = memory::within(budget, || {
+            match mcprom::config::parse(&owned, Path::new("/etc/mcprom.toml")) {
+                Ok(settings) => {
+                    let _ = mcprom::config::warnings(&settings);
+                    for c in &settings.clusters {
+                        assert!(c.token_file.is_absolute(), "{:?}", c.token_file);
+                        assert!(c.refresh_at > 0.0 && c.refresh_at < 1.0, "{}", c.refresh_at);
+                    }
+                }
+                Err(e) => {
+                    let message = e.to_string();
+                    assert!(!message.is_empty());
+                }
             }
+        });
+        let _ = tx.send(peak);
+    });
+    match rx.recv_timeout(CONFIG_TIME_BUDGET) {
+        Ok(peak) => assert!(peak <= budget, "used {peak} bytes, budget {budget}"),
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            panic!("decoding took more than {CONFIG_TIME_BUDGET:?}: {text:?}")
         }
-        Err(e) => {
-            let message = e.to_string();
-            assert!(!message.is_empty());
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            panic!("decoding panicked: {text:?}")
         }
     }
+}
+
+/// Per-thread accounting of heap use, for the config decoder's memory
+/// budget. An allocation that would take a budgeted thread past its budget
+/// fails, which aborts the test run at once instead of eating the machine.
+#[allow(unsafe_code)]
+mod memory {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    thread_local! {
+        static LIVE: Cell<usize> = const { Cell::new(0) };
+        static PEAK: Cell<usize> = const { Cell::new(0) };
+        static LIMIT: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+
+    /// Runs `f` on this thread with `budget` bytes (and a hard stop at four
+    /// times that); returns the peak it used.
+    pub fn within(budget: usize, f: impl FnOnce()) -> usize {
+        LIVE.set(0);
+        PEAK.set(0);
+        LIMIT.set(budget.saturating_mul(4));
+        f();
+        LIMIT.set(usize::MAX);
+        PEAK.get()
+    }
+
+    fn grow(by: usize) -> bool {
+        LIVE.try_with(|live| {
+            let now = live.get().saturating_add(by);
+            if now > LIMIT.try_with(Cell::get).unwrap_or(usize::MAX) {
+                return false;
+            }
+            live.set(now);
+            let _ = PEAK.try_with(|p| p.set(p.get().max(now)));
+            true
+        })
+        .unwrap_or(true)
+    }
+
+    fn shrink(by: usize) {
+        let _ = LIVE.try_with(|live| live.set(live.get().saturating_sub(by)));
+    }
+
+    pub struct Counting;
+
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            if !grow(layout.size()) {
+                return std::ptr::null_mut();
+            }
+            unsafe { System.alloc(layout) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            shrink(layout.size());
+            unsafe { System.dealloc(ptr, layout) }
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            if new_size > layout.size() && !grow(new_size - layout.size()) {
+                return std::ptr::null_mut();
+            }
+            let moved = unsafe { System.realloc(ptr, layout, new_size) };
+            if new_size < layout.size() {
+                shrink(layout.size() - new_size);
+            }
+            moved
+        }
+    }
+
+    #[global_allocator]
+    static COUNTING: Counting = Counting;
 }
 
 proptest! {
@@ -297,6 +404,16 @@ proptest! {
     fn config_parser_never_panics_on_grammar_built_files(text in toml_document()) {
         check_config(&text);
     }
+}
+
+#[test]
+fn the_doubled_bracket_typos_decode_within_budget() {
+    // The inputs that looped for ever before (issue: configs that hang).
+    for section in ["defaults", "metrics", "prometheus", "limits", "control"] {
+        check_config(&format!("[[{section}]]\n"));
+        check_config(&format!("[[{section}]]\nx = 1\n[[{section}]]\n"));
+    }
+    check_config("[[cluster]]\nname = \"a\"\n[[cluster.credentials]]\nkubeconfig = \"k\"\n");
 }
 
 // ---------------------------------------------------------------- JWT

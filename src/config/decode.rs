@@ -2,13 +2,18 @@
 //! wrong-type problem rather than only the first.
 //!
 //! serde stops at the first error. To report them all, the document is
-//! parsed once into a spanned tree; after each serde error the offending
-//! entry is located by its span, reported, removed from the tree, and the
-//! tree deserialized again. Each round removes one entry, so this ends.
+//! parsed once into a spanned tree and each top-level table, and each
+//! `[[cluster]]`, is deserialized on its own. After a serde error the
+//! offending key is located by its span, reported and removed from that
+//! entry, and the entry (not the document) is deserialized again. Every
+//! round removes a key, or gives the entry up, so decoding always ends, and
+//! its cost is linear in the size of the file: an entry is re-read at most
+//! once per key it holds.
 
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_spanned::Spanned;
-use toml::de::{DeTable, DeValue, Deserializer};
+use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use super::file::FileConfig;
 use super::report::{Report, did_you_mean};
@@ -27,19 +32,29 @@ enum Hit {
     Value,
 }
 
+/// The top-level tables, in the order `FileConfig` declares them.
+const TOP_LEVEL: &[&str] = &[
+    "prometheus",
+    "defaults",
+    "metrics",
+    "control",
+    "limits",
+    "cluster",
+];
+
 /// Parses and deserializes `text`. Returns `None` (with problems in
 /// `report`) on a syntax error; otherwise the file with every bad entry
 /// left out, each of them reported.
 pub(crate) fn decode(text: &str, report: &mut Report<'_>) -> Option<FileConfig> {
     // The usual case, a good file, in one pass. Only a bad file takes the
     // slower road below, which keeps the parsed document to locate each
-    // problem and deserializes a copy of it per problem: for 10,000
-    // clusters that document is tens of megabytes, and a daemon's peak
-    // memory should not be set by reading a file that was fine.
+    // problem: for 10,000 clusters that document is tens of megabytes, and
+    // a daemon's peak memory should not be set by reading a file that was
+    // fine.
     if let Ok(file) = toml::from_str::<FileConfig>(text) {
         return Some(file);
     }
-    let (mut root, errors) = DeTable::parse_recoverable(text);
+    let (root, errors) = DeTable::parse_recoverable(text);
     if !errors.is_empty() {
         for error in errors {
             let span = error.span().unwrap_or(0..0);
@@ -48,30 +63,120 @@ pub(crate) fn decode(text: &str, report: &mut Report<'_>) -> Option<FileConfig> 
         }
         return None;
     }
+    let mut file = FileConfig::default();
+    for (key, value) in root.into_inner() {
+        let name = key.get_ref().to_string();
+        let path = [Step::Key(name.clone())];
+        let context = format!("[{name}]");
+        match name.as_str() {
+            "prometheus" => file.prometheus = entry(value, &path, &context, report),
+            "defaults" => file.defaults = entry(value, &path, &context, report),
+            "metrics" => file.metrics = entry(value, &path, &context, report),
+            "control" => file.control = entry(value, &path, &context, report),
+            "limits" => file.limits = entry(value, &path, &context, report),
+            "cluster" => file.cluster = clusters(value, report),
+            _ => {
+                let expected: Vec<String> = TOP_LEVEL.iter().map(|k| format!("`{k}`")).collect();
+                let serde_like = format!(
+                    "unknown field `{name}`, expected one of {}",
+                    expected.join(", ")
+                );
+                let (message, _) = explain(&serde_like, &name, &path, Hit::Key);
+                report.add(key.span().start, "", message);
+            }
+        }
+    }
+    Some(file)
+}
+
+/// Every `[[cluster]]` that decodes; the others are reported.
+fn clusters<T: DeserializeOwned>(
+    value: Spanned<DeValue<'_>>,
+    report: &mut Report<'_>,
+) -> Vec<Spanned<T>> {
+    let span = value.span();
+    let DeValue::Array(items) = value.into_inner() else {
+        let path = [Step::Key("cluster".to_string())];
+        let (message, _) = explain(
+            "invalid type: expected an array of tables",
+            "cluster",
+            &path,
+            Hit::Value,
+        );
+        report.add(span.start, "", message);
+        return Vec::new();
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for (index, item) in items.into_iter().enumerate() {
+        let name = item
+            .get_ref()
+            .get("name")
+            .and_then(|n| n.get_ref().as_str())
+            .map(str::to_string);
+        let context = cluster_label(name.as_deref(), index);
+        let path = [Step::Key("cluster".to_string()), Step::Index(index)];
+        out.extend(entry(item, &path, &context, report));
+    }
+    out
+}
+
+/// Deserializes one entry (a top-level table or one cluster) at `path`,
+/// dropping and reporting each key serde refuses; `None` (reported) when
+/// the entry itself is unusable, e.g. `[[defaults]]` for `[defaults]`.
+fn entry<T: DeserializeOwned>(
+    mut value: Spanned<DeValue<'_>>,
+    path: &[Step],
+    context: &str,
+    report: &mut Report<'_>,
+) -> Option<Spanned<T>> {
+    if let (DeValue::Array(_), [Step::Key(section)]) = (value.get_ref(), path) {
+        report.add(
+            value.span().start,
+            "",
+            format!(
+                "key {section:?}: expected one table, found an array of tables (write \
+                 [{section}], with single brackets: the file has one [{section}] table)"
+            ),
+        );
+        return None;
+    }
     loop {
-        let error = match FileConfig::deserialize(Deserializer::from(root.clone())) {
-            Ok(file) => return Some(file),
+        let error = match Spanned::<T>::deserialize(ValueDeserializer::from(value.clone())) {
+            Ok(decoded) => return Some(decoded),
             Err(error) => error,
         };
-        let located = error
-            .span()
-            .and_then(|span| locate_in_table(root.get_ref(), span.start).map(|l| (span.start, l)));
-        let Some((offset, (path, hit))) = located else {
-            // Not attributable to an entry: report it as is and give up.
-            let offset = error.span().map_or(0, |s| s.start);
-            report.add(offset, "", error.message());
+        let offset = error.span().map_or(value.span().start, |s| s.start);
+        let inner = locate_in_value(value.get_ref(), offset).filter(|(p, _)| !p.is_empty());
+        let Some((inner, hit)) = inner else {
+            // The entry as a whole is wrong (a table where a table is not
+            // expected, an array of tables for a table): report, drop it.
+            let (message, _) = explain(error.message(), &keys(path), path, Hit::Value);
+            report.add(value.span().start, context, message);
             return None;
         };
-        let (context, key) = describe_path(root.get_ref(), &path);
-        let (message, suggestion) = explain(error.message(), &key, &path, hit);
+        let full: Vec<Step> = path.iter().cloned().chain(inner.iter().cloned()).collect();
+        let key = keys(&inner);
+        let (message, suggestion) = explain(error.message(), &key, &full, hit);
         if let Some(suggestion) = suggestion {
-            report.suggested(&context, suggestion);
+            report.suggested(context, suggestion);
         }
-        report.add(offset, &context, message);
-        if !remove(root.get_mut(), &path) {
+        report.add(offset, context, message);
+        if !remove_in_value(&mut value, &inner) {
             return None;
         }
     }
+}
+
+/// The dotted keys of a path, without array indexes.
+fn keys(steps: &[Step]) -> String {
+    steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Key(k) => Some(k.as_str()),
+            Step::Index(_) => None,
+        })
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 fn syntax_message(message: &str, found: &str) -> String {
@@ -131,9 +236,12 @@ fn locate_in_value(value: &DeValue<'_>, offset: usize) -> Option<(Vec<Step>, Hit
     }
 }
 
+/// Removes the key at the end of `path`. An array element cannot be
+/// removed on its own, so the key holding the array goes: every call that
+/// returns `true` leaves one key fewer, which is what ends [`entry`]'s loop.
 fn remove(table: &mut DeTable<'_>, path: &[Step]) -> bool {
     match path {
-        [Step::Key(key)] => table.remove(key.as_str()).is_some(),
+        [Step::Key(key)] | [Step::Key(key), Step::Index(_)] => table.remove(key.as_str()).is_some(),
         [Step::Key(key), rest @ ..] => {
             let Some(value) = table.get_mut(key.as_str()) else {
                 return false;
@@ -147,46 +255,10 @@ fn remove(table: &mut DeTable<'_>, path: &[Step]) -> bool {
 fn remove_in_value(value: &mut Spanned<DeValue<'_>>, path: &[Step]) -> bool {
     match (value.get_mut(), path) {
         (DeValue::Table(table), _) => remove(table, path),
-        (DeValue::Array(items), [Step::Index(index)]) if *index < items.len() => {
-            // DeArray cannot remove; replace the element by an empty table,
-            // which then deserializes (all keys are optional) and is
-            // reported by the validator as lacking its required keys.
-            let item = items.get_mut(*index).expect("index checked");
-            let span = item.span();
-            *item = Spanned::new(span, DeValue::Table(DeTable::new()));
-            true
-        }
-        (DeValue::Array(items), [Step::Index(index), rest @ ..]) => items
+        (DeValue::Array(items), [Step::Index(index), rest @ ..]) if !rest.is_empty() => items
             .get_mut(*index)
             .is_some_and(|item| remove_in_value(item, rest)),
         _ => false,
-    }
-}
-
-/// The context (`[prometheus]`, `cluster "prod"`, or empty at top level)
-/// and the dotted key within it.
-fn describe_path(root: &DeTable<'_>, path: &[Step]) -> (String, String) {
-    let keys = |steps: &[Step]| {
-        steps
-            .iter()
-            .filter_map(|s| match s {
-                Step::Key(k) => Some(k.as_str()),
-                Step::Index(_) => None,
-            })
-            .collect::<Vec<_>>()
-            .join(".")
-    };
-    match path {
-        [Step::Key(section), Step::Index(index), rest @ ..] if section == "cluster" => {
-            let name = root
-                .get("cluster")
-                .and_then(|c| c.get_ref().get(*index))
-                .and_then(|c| c.get_ref().get("name"))
-                .and_then(|n| n.get_ref().as_str());
-            (cluster_label(name, *index), keys(rest))
-        }
-        [Step::Key(section), rest @ ..] if !rest.is_empty() => (format!("[{section}]"), keys(rest)),
-        _ => (String::new(), keys(path)),
     }
 }
 

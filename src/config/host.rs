@@ -1,7 +1,6 @@
 //! "The host is not ready": checks of valid settings against this machine,
 //! and the advice printed at every start.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -126,34 +125,62 @@ fn input_files(cluster: &ClusterSettings) -> Vec<(&'static str, PathBuf)> {
     files
 }
 
+/// Reads and parses the file `key` names exactly as the daemon will.
+fn check_input(key: &str, path: &Path) -> Result<(), super::input::InputError> {
+    use super::input;
+    match key {
+        "ca_file" | "credentials.client_cert" => input::read_certificates(path).map(drop),
+        "credentials.client_key" => input::read_private_key(path).map(drop),
+        "credentials.kubeconfig" => input::read_kubeconfig(path).map(drop),
+        "credentials.token_file" | "credentials.self" | "bearer_token_file" => {
+            input::read_token(path).map(drop)
+        }
+        _ => input::read_text(path).map(drop),
+    }
+}
+
 fn unreadable(cluster: Option<&ClusterSettings>, key: &str, path: &Path) -> Option<HostProblem> {
-    let error = std::fs::File::open(path)
-        .and_then(|mut f| f.read(&mut [0u8; 1]))
-        .err()?;
+    let error = check_input(key, path).err()?;
     let who = match cluster {
         Some(c) => format!("cluster {:?}", c.name),
         None => "[prometheus]".to_string(),
     };
-    let hint = match (error.kind(), key, cluster) {
-        (std::io::ErrorKind::NotFound, "credentials.self", Some(c)) => format!(
+    let hint = match (error.kind, key, cluster) {
+        (Some(std::io::ErrorKind::NotFound), "credentials.self", Some(c)) => format!(
             "bootstrap it once with `{}`, which stores a first token read from stdin",
             crate::selfrenew::reseed_command(c)
         ),
-        (std::io::ErrorKind::NotFound, _, _) => {
+        (Some(std::io::ErrorKind::NotFound), _, _) => {
             format!("put the file there, or correct {key} in the config file")
         }
-        (std::io::ErrorKind::PermissionDenied, _, _) => {
+        (Some(std::io::ErrorKind::PermissionDenied), _, _) => {
             "make it readable by the user mcprom runs as (chgrp mcprom, chmod g+r)".to_string()
         }
+        (None, _, _) if error.message.contains("not a regular file") => {
+            format!("{key} must name a readable regular file")
+        }
+        (None, "ca_file", _) => {
+            "point ca_file at the PEM bundle of the CA that signed the API server's certificate"
+                .to_string()
+        }
+        (None, "credentials.token_file" | "credentials.self" | "bearer_token_file", _) => {
+            "the file must hold just the token, as `kubectl create token` prints it".to_string()
+        }
         _ => format!("{key} must name a readable regular file"),
+    };
+    let cannot = if error.kind.is_some() {
+        "cannot read"
+    } else {
+        "cannot use"
     };
     Some(HostProblem {
         cluster: cluster.map(|c| c.name.clone()),
         key: key.to_string(),
         path: Some(path.to_path_buf()),
         message: format!(
-            "{who}: key {key:?}: cannot read {}: {error} ({hint})",
-            path.display()
+            "{who}: key {key:?}: {cannot} {}: {} ({hint})",
+            path.display(),
+            error.message
         ),
     })
 }

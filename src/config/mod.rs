@@ -16,6 +16,7 @@ mod decode;
 mod duration;
 pub mod file;
 mod host;
+pub mod input;
 mod report;
 mod settings;
 pub mod validate;
@@ -37,9 +38,36 @@ pub const DEFAULT_PATH: &str = "/etc/mcprom.toml";
 /// the path and the OS error.
 pub fn load(path: &Path) -> Result<Settings, ConfigError> {
     let absolute = validate::absolute(path);
-    let text =
-        std::fs::read_to_string(&absolute).map_err(|e| ConfigError::unreadable(&absolute, &e))?;
+    let text = read_config(&absolute)?;
     parse(&text, &absolute)
+}
+
+/// The directory of `file` with symlinks resolved, when it exists (else as
+/// written): what decides whether two token files are one, and which lock
+/// guards them.
+pub fn resolved_dir(file: &Path) -> std::path::PathBuf {
+    let dir = match file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf())
+}
+
+/// The text of the config file at `absolute`: a regular file, at most
+/// [`input::MAX_CONFIG_BYTES`], UTF-8.
+pub fn read_config(absolute: &Path) -> Result<String, ConfigError> {
+    let bytes = input::read_bounded(absolute, input::MAX_CONFIG_BYTES)
+        .map_err(|e| ConfigError::unreadable(absolute, &e.into()))?;
+    String::from_utf8(bytes).map_err(|e| {
+        let error = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "it is not UTF-8 (invalid byte at offset {})",
+                e.utf8_error().valid_up_to()
+            ),
+        );
+        ConfigError::unreadable(absolute, &error)
+    })
 }
 
 /// Validates `text` as if read from `path`: `path` is made absolute, and

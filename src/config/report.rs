@@ -1,6 +1,8 @@
 //! Collects positioned problems while a file is checked, and formats them as
 //! `/etc/mcprom.toml:14:1: cluster "prod": message (hint)`.
 
+use std::cell::OnceCell;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use super::validate::ConfigError;
@@ -10,9 +12,12 @@ pub(crate) struct Report<'a> {
     path: &'a Path,
     text: &'a str,
     problems: Vec<(usize, String)>,
-    /// (context, key) pairs offered as "did you mean" for an unknown key, so
+    /// Keys offered as "did you mean" for an unknown key, by context, so
     /// the validator need not also report that key as missing.
-    suggestions: Vec<(String, String)>,
+    suggestions: HashMap<String, HashSet<String>>,
+    /// Byte offset of the start of every line, built on first use: each
+    /// position is then a binary search, not a scan from the file's start.
+    line_starts: OnceCell<Vec<usize>>,
 }
 
 impl<'a> Report<'a> {
@@ -22,7 +27,8 @@ impl<'a> Report<'a> {
             path,
             text,
             problems: Vec::new(),
-            suggestions: Vec::new(),
+            suggestions: HashMap::new(),
+            line_starts: OnceCell::new(),
         }
     }
 
@@ -45,15 +51,18 @@ impl<'a> Report<'a> {
 
     /// Remembers that `key` was suggested in `context` for a misspelled key.
     pub(crate) fn suggested(&mut self, context: &str, key: String) {
-        self.suggestions.push((context.to_string(), key));
+        self.suggestions
+            .entry(context.to_string())
+            .or_default()
+            .insert(key);
     }
 
     /// Whether a key in `context` matching `is_key` was suggested for a
     /// misspelling (its absence is then already explained).
     pub(crate) fn was_suggested(&self, context: &str, is_key: impl Fn(&str) -> bool) -> bool {
         self.suggestions
-            .iter()
-            .any(|(c, k)| c == context && is_key(k))
+            .get(context)
+            .is_some_and(|keys| keys.iter().any(|k| is_key(k)))
     }
 
     /// 1-based line and column (in characters) of a byte offset.
@@ -62,10 +71,15 @@ impl<'a> Report<'a> {
         while !self.text.is_char_boundary(offset) {
             offset -= 1;
         }
-        let before = &self.text[..offset];
-        let line = before.matches('\n').count() + 1;
-        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-        let column = before[line_start..].chars().count() + 1;
+        let starts = self.line_starts.get_or_init(|| {
+            std::iter::once(0)
+                .chain(self.text.match_indices('\n').map(|(i, _)| i + 1))
+                .collect()
+        });
+        // The last line start at or before `offset`.
+        let line = starts.partition_point(|&start| start <= offset);
+        let line_start = starts[line - 1];
+        let column = self.text[line_start..offset].chars().count() + 1;
         (line, column)
     }
 

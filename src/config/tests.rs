@@ -729,10 +729,15 @@ fn cluster_with(dir: &Path, extra: &str) -> Settings {
 #[test]
 fn host_problems_are_empty_when_every_file_and_group_exists() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("ca.crt"), "x").unwrap();
+    let ca = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    std::fs::write(dir.path().join("ca.crt"), ca.cert.pem()).unwrap();
     let mut settings = cluster_with(dir.path(), "ca_file = \"ca.crt\"\nfile_group = \"root\"");
     let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(&kubeconfig, "x").unwrap();
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\nclusters: []\nusers: []\ncontexts: []\n",
+    )
+    .unwrap();
     std::sync::Arc::make_mut(&mut settings.clusters[0]).credentials = Credentials::Kubeconfig {
         path: kubeconfig,
         context: None,
@@ -773,13 +778,39 @@ fn host_problems_name_an_unreadable_file() {
         .into_iter()
         .find(|p| p.key == "ca_file")
         .expect("ca_file problem");
-    assert!(problem.message.contains("Is a directory"), "{problem}");
+    assert!(problem.message.contains("is a directory"), "{problem}");
     assert!(
         problem
             .message
             .contains("must name a readable regular file"),
         "{problem}"
     );
+}
+
+#[test]
+fn host_problems_read_each_file_as_the_daemon_will() {
+    // Each of these passed `check` before and failed (or hung) in `run`.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("empty.crt"), "").unwrap();
+    std::fs::write(dir.path().join("text.crt"), "not a certificate").unwrap();
+    nix::unistd::mkfifo(
+        &dir.path().join("fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    for (ca, expect) in [
+        ("empty.crt", "no PEM certificate"),
+        ("text.crt", "no PEM certificate"),
+        ("fifo", "FIFO"),
+        ("/dev/zero", "a device"),
+    ] {
+        let settings = cluster_with(dir.path(), &format!("ca_file = {ca:?}"));
+        let problem = host_problems(&settings)
+            .into_iter()
+            .find(|p| p.key == "ca_file")
+            .unwrap_or_else(|| panic!("{ca}: no ca_file problem"));
+        assert!(problem.message.contains(expect), "{ca}: {problem}");
+    }
 }
 
 #[test]

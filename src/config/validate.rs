@@ -29,6 +29,16 @@ const DEFAULT_FILE_MODE: u32 = 0o640;
 const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9719";
 const DEFAULT_CONTROL_SOCKET: &str = "/run/mcprom/control.sock";
 const DEFAULT_CONCURRENT_REQUESTS: usize = 32;
+/// Most TokenRequests in flight at once: each costs ~72 KB of client state,
+/// and no API server front end wants more from one host.
+const MAX_CONCURRENT_REQUESTS: usize = 1024;
+/// Longest `[prometheus] timeout` and `delay`.
+const MAX_PROMETHEUS_WAIT: Duration = Duration::from_secs(600);
+/// Longest token lifetime a TokenRequest may ask for: the API's own limit
+/// (`expirationSeconds` below 2^32).
+const MAX_EXPIRATION: Duration = Duration::from_secs((1 << 32) - 1);
+/// Longest `max_chain_age`: ten years.
+const MAX_CHAIN_AGE: Duration = Duration::from_secs(10 * 365 * 86_400);
 
 /// The configuration could not be used: the file is unreadable or wrong.
 ///
@@ -207,20 +217,30 @@ impl Validator<'_> {
             .exec_timeout
             .as_ref()
             .and_then(|t| {
-                self.duration_value(t, "[limits]", "exec_timeout", Duration::from_secs(1))
+                self.duration_value(
+                    t,
+                    "[limits]",
+                    "exec_timeout",
+                    Duration::from_secs(1)..=Duration::from_secs(600),
+                )
             })
             .unwrap_or(crate::exec::DEFAULT_EXEC_TIMEOUT);
         let concurrent_requests = match limits.concurrent_requests {
             None => DEFAULT_CONCURRENT_REQUESTS,
             Some(n) => match usize::try_from(*n.get_ref()) {
-                Ok(n) if n >= 1 => n,
+                Ok(n) if (1..=MAX_CONCURRENT_REQUESTS).contains(&n) => n,
                 _ => {
                     self.error(
                         n.span().start,
                         "[limits]",
                         format!(
-                            "key \"concurrent_requests\": must be at least 1, got {} \
+                            "key \"concurrent_requests\": must be {}, got {} \
                              (it bounds TokenRequests in flight across all clusters; 32 suits most hosts)",
+                            if *n.get_ref() < 1 {
+                                "at least 1".to_string()
+                            } else {
+                                format!("at most {MAX_CONCURRENT_REQUESTS}")
+                            },
                             n.get_ref()
                         ),
                     );
@@ -260,10 +280,23 @@ impl Validator<'_> {
         value: &Spanned<String>,
         context: &str,
         key: &str,
-        minimum: Duration,
+        range: std::ops::RangeInclusive<Duration>,
     ) -> Option<Duration> {
+        let (minimum, maximum) = (*range.start(), *range.end());
         match parse_duration(value.get_ref()) {
-            Ok(d) if d >= minimum => Some(d),
+            Ok(d) if range.contains(&d) => Some(d),
+            Ok(d) if d > maximum => {
+                self.error(
+                    value.span().start,
+                    context,
+                    format!(
+                        "key {key:?}: {:?} is too long (the maximum is {})",
+                        value.get_ref(),
+                        super::duration::format_duration(maximum)
+                    ),
+                );
+                None
+            }
             Ok(_) => {
                 self.error(
                     value.span().start,
@@ -411,12 +444,19 @@ impl Validator<'_> {
         let timeout = file
             .timeout
             .as_ref()
-            .and_then(|t| self.duration_value(t, CX, "timeout", Duration::from_millis(1)))
+            .and_then(|t| {
+                self.duration_value(
+                    t,
+                    CX,
+                    "timeout",
+                    Duration::from_millis(1)..=MAX_PROMETHEUS_WAIT,
+                )
+            })
             .unwrap_or(DEFAULT_TIMEOUT);
         let delay = file
             .delay
             .as_ref()
-            .and_then(|d| self.duration_value(d, CX, "delay", Duration::ZERO))
+            .and_then(|d| self.duration_value(d, CX, "delay", Duration::ZERO..=MAX_PROMETHEUS_WAIT))
             .unwrap_or(DEFAULT_DELAY);
         let ca_file = file
             .ca_file
@@ -478,7 +518,14 @@ impl Validator<'_> {
             expiration: file
                 .expiration
                 .as_ref()
-                .and_then(|e| self.duration_value(e, CX, "expiration", Duration::from_secs(1)))
+                .and_then(|e| {
+                    self.duration_value(
+                        e,
+                        CX,
+                        "expiration",
+                        Duration::from_secs(1)..=MAX_EXPIRATION,
+                    )
+                })
                 .unwrap_or(DEFAULT_EXPIRATION),
             refresh_at: file
                 .refresh_at
@@ -624,7 +671,9 @@ impl Validator<'_> {
         }
         let expiration = match &c.expiration {
             None => Some(defaults.expiration),
-            Some(e) => self.duration_value(e, cx, "expiration", Duration::from_secs(1)),
+            Some(e) => {
+                self.duration_value(e, cx, "expiration", Duration::from_secs(1)..=MAX_EXPIRATION)
+            }
         };
         let refresh_at = match &c.refresh_at {
             None => Some(defaults.refresh_at),
@@ -638,16 +687,43 @@ impl Validator<'_> {
             None => defaults.file_group.clone(),
             Some(g) => self.group_value(g, cx),
         };
-        let max_chain_age = c
-            .max_chain_age
-            .as_ref()
-            .map(|a| self.duration_value(a, cx, "max_chain_age", Duration::from_secs(1)));
+        let max_chain_age = c.max_chain_age.as_ref().map(|a| {
+            self.duration_value(
+                a,
+                cx,
+                "max_chain_age",
+                Duration::from_secs(1)..=MAX_CHAIN_AGE,
+            )
+        });
         let (credentials, inputs) = self.credentials(c.credentials.as_ref(), offset, cx)?;
         let self_renew = matches!(credentials, Credentials::SelfRenew);
         let refresh_at = match &c.refresh_at {
             None if self_renew => Some(SELF_RENEW_REFRESH_AT),
             _ => refresh_at,
         };
+        if let (Some(expiration), Some(refresh_at)) = (expiration, refresh_at) {
+            let interval = expiration.mul_f64(refresh_at);
+            if interval < crate::schedule::MIN_REFRESH_INTERVAL {
+                let at = c
+                    .refresh_at
+                    .as_ref()
+                    .map(|r| r.span().start)
+                    .or(c.expiration.as_ref().map(|e| e.span().start))
+                    .unwrap_or(offset);
+                self.error(
+                    at,
+                    cx,
+                    format!(
+                        "key \"refresh_at\": refresh_at × expiration = {:.3}s, so a token would be \
+                         requested every {:.3}s (at most one refresh every {} per cluster: raise \
+                         refresh_at or expiration)",
+                        interval.as_secs_f64(),
+                        interval.as_secs_f64(),
+                        super::duration::format_duration(crate::schedule::MIN_REFRESH_INTERVAL),
+                    ),
+                );
+            }
+        }
         if let Some(age) = c.max_chain_age.as_ref().filter(|_| !self_renew) {
             self.error(
                 age.span().start,
@@ -828,14 +904,28 @@ impl Validator<'_> {
 
     /// Token files written twice, or written over a credential.
     fn cross_check_files(&mut self, clusters: &[ClusterSettings], files: &[ClusterFiles]) {
-        let mut writers: HashMap<&Path, usize> = HashMap::new();
-        let mut readers: HashMap<&Path, (usize, &'static str)> = HashMap::new();
+        // Paths compare with their directories' symlinks resolved (once per
+        // directory), so two spellings of one file are one file.
+        let mut dirs: HashMap<PathBuf, PathBuf> = HashMap::new();
+        let mut resolve = |path: &Path| -> PathBuf {
+            let dir = path.parent().unwrap_or(Path::new("/")).to_path_buf();
+            let resolved = dirs
+                .entry(dir)
+                .or_insert_with_key(|dir| super::resolved_dir(&dir.join("x")));
+            match path.file_name() {
+                Some(name) => resolved.join(name),
+                None => path.to_path_buf(),
+            }
+        };
+        let mut writers: HashMap<PathBuf, usize> = HashMap::new();
+        let mut readers: HashMap<PathBuf, (usize, &'static str)> = HashMap::new();
         for (i, f) in files.iter().enumerate() {
             for (key, path, _) in &f.inputs {
-                readers.entry(path.as_path()).or_insert((i, key));
+                readers.entry(resolve(path)).or_insert((i, key));
             }
         }
         for (i, (cluster, f)) in clusters.iter().zip(files).enumerate() {
+            let token_file = resolve(&cluster.token_file);
             let at = f.token_file_offset.unwrap_or(f.offset);
             let shown = cluster.token_file.display();
             let key = if f.token_file_offset.is_some() {
@@ -843,7 +933,7 @@ impl Validator<'_> {
             } else {
                 "key \"token_file\" (defaulted to {token_dir}/{name}.token)"
             };
-            if let Some(&first) = writers.get(cluster.token_file.as_path()) {
+            if let Some(&first) = writers.get(&token_file) {
                 if clusters[first].name == cluster.name {
                     // Already reported as a duplicate name.
                     continue;
@@ -859,9 +949,9 @@ impl Validator<'_> {
                 );
                 self.error(at, &f.label, message);
             } else {
-                writers.insert(cluster.token_file.as_path(), i);
+                writers.insert(token_file.clone(), i);
             }
-            if let Some(&(reader, credential)) = readers.get(cluster.token_file.as_path()) {
+            if let Some(&(reader, credential)) = readers.get(&token_file) {
                 let whose = if reader == i {
                     "this cluster's own".to_string()
                 } else {

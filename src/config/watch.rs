@@ -17,6 +17,10 @@ use tokio::sync::mpsc;
 /// Quiet period after the last event before the file is re-read.
 pub const DEBOUNCE: Duration = Duration::from_millis(500);
 
+/// Longest wait after the first event of a burst: a directory written to
+/// more often than [`DEBOUNCE`] is still re-read this often.
+pub const MAX_DEBOUNCE: Duration = Duration::from_secs(3);
+
 /// Whether an event can change what the config path reads as. Reads and
 /// opens cannot — and must be ignored: re-reading the file after an event
 /// causes an access event of its own, which would loop forever.

@@ -148,7 +148,7 @@ fn from_auth_info(user: &AuthInfo, source: &str) -> IssuerIdentity {
 }
 
 fn from_cert_file(path: &Path, source: &str) -> IssuerIdentity {
-    match std::fs::read(path) {
+    match crate::config::input::read(path) {
         Ok(pem) => from_cert_pem(&pem, &format!("{source} {}", path.display())),
         Err(e) => IssuerIdentity::Unknown {
             why: format!("cannot read {source} {}: {e}", path.display()),
