@@ -390,6 +390,8 @@ impl Fingerprint {
 /// A config re-read, done off the main loop: what [`Daemon::finish_reload`]
 /// applies.
 #[derive(Debug)]
+// One value per config reload, moved once: boxing would buy nothing.
+#[allow(clippy::large_enum_variant)]
 enum Prepared {
     /// A file event, and the content is what was last applied (or a
     /// half-written empty file): nothing to do.

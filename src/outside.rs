@@ -366,9 +366,9 @@ mod tests {
     fn tokens_in_any_shape_are_redacted() {
         for raw in [
             format!("echo: Authorization: Bearer {JWT}"),
-            format!("authorization: bearer opaque-secret-123"),
+            "authorization: bearer opaque-secret-123".to_owned(),
             format!("{{\"status\":{{\"token\":\"{JWT}\"}}}}"),
-            format!("status:\n  token: opaque-secret-123\n"),
+            "status:\n  token: opaque-secret-123\n".to_owned(),
             format!("a token {JWT} inside text"),
             "Basic dXNlcjpvcGFxdWUtc2VjcmV0LTEyMw==".to_owned(),
             "client_secret=opaque-secret-123&x=1".to_owned(),

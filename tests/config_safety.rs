@@ -573,14 +573,12 @@ fn a_config_directory_written_to_all_the_time_is_still_reloaded() {
     // 500 ms debounce.
     let both = {
         let scratch = tempfile::tempdir().unwrap();
-        let text =
-            std::fs::read_to_string(write_config(&sim, scratch.path(), &Conf::default(), None))
-                .unwrap()
-                .replace(
-                    &scratch.path().display().to_string(),
-                    &work.path().display().to_string(),
-                );
-        text
+        std::fs::read_to_string(write_config(&sim, scratch.path(), &Conf::default(), None))
+            .unwrap()
+            .replace(
+                &scratch.path().display().to_string(),
+                &work.path().display().to_string(),
+            )
     };
     let stop = Arc::new(AtomicBool::new(false));
     let busy = {
