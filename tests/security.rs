@@ -188,7 +188,10 @@ async fn idle_connections_from_another_user_do_not_stop_rotation() {
     )
     .await;
     let c1 = status_of(&socket, "c1").await.expect("status answers");
-    assert_eq!(c1["state"], "fresh", "{c1}");
+    assert!(
+        (c1["state"] == "fresh" || c1["state"] == "refreshing") && c1["last_error"].is_null(),
+        "{c1}"
+    );
     assert!(
         held_fds < 200,
         "mcprom holds {held_fds} descriptors for idle connections"
