@@ -294,7 +294,8 @@ impl Supervisor {
             cluster.token_file.clone(),
         ));
         let rotator = Rotator {
-            issuer: KubeIssuer::new(cluster.clone(), REQUEST_TIMEOUT),
+            issuer: KubeIssuer::new(cluster.clone(), REQUEST_TIMEOUT)
+                .with_exec_timeout(self.settings.limits.exec_timeout),
             sink: FileSink::new(
                 cluster.token_file.clone(),
                 cluster.file_mode,
@@ -432,6 +433,8 @@ impl Fingerprint {
 /// applies.
 // One value per config re-read, moved once: boxing the large variant saves nothing.
 #[derive(Debug)]
+// One value per config reload, moved once: boxing would buy nothing.
+#[allow(clippy::large_enum_variant)]
 enum Prepared {
     /// A file event, and the content is what was last applied (or a
     /// half-written empty file): nothing to do.

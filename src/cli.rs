@@ -257,6 +257,12 @@ fn socket_from_text(path: &std::path::Path) -> PathBuf {
 }
 
 fn run(path: &std::path::Path) -> Result<(), u8> {
+    // The daemon holds every cluster's token and credential: no core dump,
+    // and no ptrace or /proc/PID/mem by other processes of the same user
+    // (exec plugins included).
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        tracing::warn!(error = %e, "cannot turn off core dumps (PR_SET_DUMPABLE)");
+    }
     let settings = load(path)?;
     let rt = runtime()?;
     rt.block_on(crate::app::run(settings, crate::app::termination()))

@@ -113,7 +113,11 @@ pub fn table(report: &StatusReport) -> String {
                 relative(&c.expires_at, now),
                 relative(&c.last_refresh, now),
                 relative(&c.next_refresh, now),
-                c.last_error.clone().unwrap_or_else(|| "-".into()),
+                // The table goes to a terminal: what the daemon quotes
+                // from outside is shown safely here too.
+                c.last_error
+                    .as_deref()
+                    .map_or_else(|| "-".into(), crate::outside::text),
             ]
         })
         .collect();

@@ -175,27 +175,49 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
+/// Connections served at once; more are closed at once.
+pub const MAX_CONNECTIONS: usize = 16;
+/// How long a connection may stay silent before it is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Serve connections until `cancel`, handing each request to `requests`.
 pub async fn serve(
     listener: UnixListener,
     requests: mpsc::Sender<Incoming>,
     cancel: CancellationToken,
 ) {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut failures = 0;
     loop {
         let stream = tokio::select! {
             () = cancel.cancelled() => return,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok((stream, _)) => {
+                    failures = 0;
+                    stream
+                }
                 Err(e) => {
-                    warn!(error = %e, "control socket accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    if failures == 0 {
+                        warn!(error = %e, "control socket accept failed");
+                    }
+                    tokio::select! {
+                        () = cancel.cancelled() => return,
+                        () = tokio::time::sleep(crate::metrics::accept_backoff(failures)) => {}
+                    }
+                    failures += 1;
                     continue;
                 }
             },
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            debug!("control socket: too many connections, closing a new one");
+            drop(stream);
+            continue;
+        };
         let requests = requests.clone();
         let cancel = cancel.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             tokio::select! {
                 () = cancel.cancelled() => {}
                 result = handle(stream, requests) => if let Err(e) = result {
@@ -209,7 +231,13 @@ pub async fn serve(
 async fn handle(stream: UnixStream, requests: mpsc::Sender<Incoming>) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read.take(64 * 1024)).lines();
-    while let Some(line) = lines.next_line().await? {
+    loop {
+        let Ok(line) = tokio::time::timeout(IDLE_TIMEOUT, lines.next_line()).await else {
+            return Ok(());
+        };
+        let Some(line) = line? else {
+            return Ok(());
+        };
         let response = match serde_json::from_str::<Request>(&line) {
             Ok(request) => {
                 let (tx, rx) = oneshot::channel();
@@ -228,7 +256,6 @@ async fn handle(stream: UnixStream, requests: mpsc::Sender<Incoming>) -> std::io
         text.push('\n');
         write.write_all(text.as_bytes()).await?;
     }
-    Ok(())
 }
 
 use tokio::io::AsyncReadExt as _;

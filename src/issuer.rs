@@ -176,6 +176,7 @@ pub struct KubeIssuer {
     /// `verify` (only then: idle clusters pin nothing) so the review does
     /// not read and parse the credential files again.
     last_config: Arc<std::sync::Mutex<Option<kube::Config>>>,
+    exec_timeout: Duration,
 }
 
 /// How long one TokenRequest may take, connection included.
@@ -188,15 +189,33 @@ impl KubeIssuer {
             cluster,
             timeout,
             last_config: Arc::default(),
+            exec_timeout: crate::exec::DEFAULT_EXEC_TIMEOUT,
         }
+    }
+
+    /// How long a kubeconfig exec plugin may run (`[limits] exec_timeout`).
+    pub fn with_exec_timeout(mut self, exec_timeout: Duration) -> Self {
+        self.exec_timeout = exec_timeout;
+        self
     }
 }
 
 /// Build the kube configuration for a cluster: credentials, `api_server`
-/// and `ca_file` overrides, TLS, timeouts, kube's own retries off.
+/// and `ca_file` overrides, TLS, timeouts, kube's own retries off. An exec
+/// plugin runs here ([`crate::exec`], at most the default exec timeout),
+/// never inside the kube client.
 pub async fn kube_config(
     cluster: &ClusterSettings,
     timeout: Duration,
+) -> Result<kube::Config, IssueError> {
+    kube_config_with(cluster, timeout, crate::exec::DEFAULT_EXEC_TIMEOUT).await
+}
+
+/// [`kube_config`] with an exec plugin time limit.
+pub async fn kube_config_with(
+    cluster: &ClusterSettings,
+    timeout: Duration,
+    exec_timeout: Duration,
 ) -> Result<kube::Config, IssueError> {
     let mut config = match &cluster.credentials {
         Credentials::Kubeconfig { path, context } => {
@@ -246,6 +265,7 @@ pub async fn kube_config(
             config
         }
     };
+    crate::exec::resolve(&mut config, exec_timeout).await?;
     if let Some(url) = &cluster.api_server {
         config.cluster_url = parse_uri(url)?;
     }
@@ -316,19 +336,10 @@ pub fn read_ca(path: &std::path::Path) -> Result<Vec<Vec<u8>>, IssueError> {
     input::read_certificates(path).map_err(|e| input_error("ca_file", path, e))
 }
 
-/// The error and all its sources on one line.
+/// The error and all its sources on one line, made safe to show
+/// ([`crate::outside::text`]: errors quote servers, URLs and plugins).
 pub fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        let s = e.to_string();
-        if !text.contains(&s) {
-            text.push_str(": ");
-            text.push_str(&s);
-        }
-        source = e.source();
-    }
-    text
+    crate::outside::error_chain(error)
 }
 
 fn classify_transport(error: &kube::Error) -> IssueError {
@@ -364,7 +375,8 @@ fn status_message(body: &[u8], code: StatusCode) -> String {
         .ok()
         .and_then(|s| s.message)
         .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned());
-    let message = one_line(&message);
+    // Room for the hint that follows it within one message.
+    let message: String = crate::outside::text(&message).chars().take(600).collect();
     if message.is_empty() {
         code.canonical_reason().unwrap_or("no message").to_owned()
     } else {
@@ -372,10 +384,11 @@ fn status_message(body: &[u8], code: StatusCode) -> String {
     }
 }
 
-/// A server's text on one line (runs of whitespace, line breaks included,
-/// become one space): a failure is one log line, whatever the server said.
+/// A server's text on one line, capped, without control characters or
+/// secrets ([`crate::outside::text`]): a failure is one log line, whatever
+/// the server said.
 pub fn one_line(text: &str) -> String {
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
+    crate::outside::text(text)
 }
 
 fn parse_retry_after(value: Option<&http::HeaderValue>) -> Option<Duration> {
@@ -639,7 +652,7 @@ impl KubeIssuer {
 
     /// One TokenRequest with the cluster's credentials.
     async fn request(&self, spec: &TokenSpec) -> Result<IssuedToken, IssueError> {
-        let config = kube_config(&self.cluster, self.timeout).await?;
+        let config = kube_config_with(&self.cluster, self.timeout, self.exec_timeout).await?;
         let credential_expires_at = credential_expiry(&config);
         if self.cluster.verify.enabled {
             *self
@@ -676,11 +689,19 @@ impl KubeIssuer {
                 .await
                 .map_err(|e| classify_transport(&e))?;
             let (parts, body) = response.into_parts();
-            let bytes = body
-                .collect_bytes()
+            let answer = crate::outside::read_body(body, crate::outside::MAX_TOKEN_ANSWER)
                 .await
                 .map_err(|e| classify_transport(&e))?;
-            interpret_response(parts.status, &parts.headers, &bytes, sent)
+            if answer.truncated && parts.status.is_success() {
+                return Err(IssueError::Server {
+                    code: parts.status.as_u16(),
+                    message: format!(
+                        "the answer is larger than {} KiB, far more than any TokenRequest; not read further",
+                        crate::outside::MAX_TOKEN_ANSWER >> 10
+                    ),
+                });
+            }
+            interpret_response(parts.status, &parts.headers, &answer.bytes, sent)
         };
         match tokio::time::timeout(self.timeout, exchange).await {
             Ok(result) => result.map(|mut issued| {

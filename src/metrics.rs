@@ -6,7 +6,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -331,6 +331,21 @@ async fn respond(
     Ok(response)
 }
 
+/// Connections served at once; more are closed as soon as they are
+/// accepted. Prometheus needs one, a person with curl another: 64 leaves
+/// room and bounds the descriptors any local user can make mcprom hold.
+pub const MAX_CONNECTIONS: usize = 64;
+/// Time a client has to send a request's headers.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a connection stays open, idle or not (Prometheus reconnects).
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+
+/// How long to wait after the `failures`-th failed `accept()` in a row:
+/// out of descriptors (EMFILE, ENFILE) an accept loop must not spin.
+pub fn accept_backoff(failures: u32) -> Duration {
+    Duration::from_millis(10u64 << failures.min(7)).min(Duration::from_secs(1))
+}
+
 /// Serve `/metrics` and `/healthz` on `listener` until `cancel`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -341,27 +356,45 @@ pub async fn serve(
     if let Ok(addr) = listener.local_addr() {
         info!(listen = %addr, "serving /metrics and /healthz");
     }
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut failures = 0;
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             () = cancel.cancelled() => return,
             accepted = listener.accept() => match accepted {
-                Ok(a) => a,
+                Ok(a) => {
+                    failures = 0;
+                    a
+                }
                 Err(e) => {
                     debug!(error = %e, "metrics accept failed");
+                    tokio::select! {
+                        () = cancel.cancelled() => return,
+                        () = tokio::time::sleep(accept_backoff(failures)) => {}
+                    }
+                    failures += 1;
                     continue;
                 }
             },
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            debug!(%peer, "metrics: too many connections, closing a new one");
+            drop(stream);
+            continue;
+        };
         let (registry, state, cancel) = (registry.clone(), state.clone(), cancel.clone());
         tokio::spawn(async move {
+            let _slot = slot;
             let service = hyper::service::service_fn(move |req| {
                 respond(req, registry.clone(), state.clone())
             });
             let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
             tokio::select! {
                 () = cancel.cancelled() => {}
-                _ = connection => {}
+                _ = tokio::time::timeout(CONNECTION_LIFETIME, connection) => {}
             }
         });
     }

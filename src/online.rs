@@ -1117,8 +1117,10 @@ impl Api {
                 .await
                 .map_err(|e| classify(&e))?;
             let (parts, body) = response.into_parts();
-            let bytes = body.collect_bytes().await.map_err(|e| classify(&e))?;
-            Ok((parts.status.as_u16(), bytes))
+            let answer = crate::outside::read_body(body, crate::outside::MAX_TOKEN_ANSWER)
+                .await
+                .map_err(|e| classify(&e))?;
+            Ok((parts.status.as_u16(), answer.bytes))
         };
         tokio::time::timeout(REQUEST_TIMEOUT, exchange)
             .await
@@ -1204,7 +1206,7 @@ pub async fn check_prometheus_jobs(
 
 /// Prometheus: reachable, ready, lifecycle API enabled. Never reloads.
 pub async fn check_prometheus(settings: PrometheusSettings) -> Section {
-    let url = settings.url.as_str().trim_end_matches('/').to_owned();
+    let url = crate::outside::text(settings.url.as_str().trim_end_matches('/'));
     if settings.reload == ReloadMode::Never {
         return Section::new(format!(
             "Prometheus ({url}): not checked: reload = \"never\", mcprom does not call it"

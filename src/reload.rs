@@ -125,6 +125,10 @@ impl Reloader {
             .timeout(settings.timeout)
             .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
             .no_proxy()
+            // A redirect is an answer, not a reload: following one would
+            // send the web credentials to wherever it points and count
+            // someone else's 200 as success.
+            .redirect(reqwest::redirect::Policy::none())
             .pool_max_idle_per_host(1);
         if settings.url.scheme() == "https" {
             let bundle = settings
@@ -149,8 +153,9 @@ impl Reloader {
         format!("{}{path}", self.settings.url.as_str().trim_end_matches('/'))
     }
 
+    /// The URL for messages: a password in it is redacted.
     fn base(&self) -> String {
-        self.settings.url.as_str().trim_end_matches('/').to_owned()
+        crate::outside::text(self.settings.url.as_str().trim_end_matches('/'))
     }
 
     fn authorize(
@@ -230,8 +235,13 @@ impl Reloader {
         let request = self.authorize(self.client.get(self.url(path)))?;
         let response = request.send().await.map_err(|e| self.transport_error(e))?;
         let status = response.status().as_u16();
-        let body = response.text().await.unwrap_or_default();
-        Ok((status, body.chars().take(limit).collect()))
+        // Read no more than the caller keeps: a peer's endless body ends
+        // at the cap.
+        let body = crate::outside::read_response(response, limit)
+            .await
+            .map(|b| String::from_utf8_lossy(&b.bytes).into_owned())
+            .unwrap_or_default();
+        Ok((status, body))
     }
 
     /// One `POST /-/reload`.
@@ -242,8 +252,13 @@ impl Reloader {
         if status.is_success() {
             return Ok(());
         }
-        let body = match response.text().await {
-            Ok(body) => body,
+        let body = match crate::outside::read_response(
+            response,
+            crate::outside::MAX_PROMETHEUS_ANSWER,
+        )
+        .await
+        {
+            Ok(body) => String::from_utf8_lossy(&body.bytes).into_owned(),
             // Not "rejected its own configuration (500): ": the answer said
             // nothing we could read.
             Err(e) => {
@@ -264,7 +279,7 @@ pub fn reload_outcome(status: u16, body: &str, base: &str) -> Result<(), ReloadE
     if (200..300).contains(&status) {
         return Ok(());
     }
-    let body: String = crate::issuer::one_line(body).chars().take(1000).collect();
+    let body = crate::outside::text(body);
     Err(match status {
         401 => ReloadError::Unauthorized,
         403 => ReloadError::LifecycleDisabled(if body.is_empty() {
@@ -273,6 +288,15 @@ pub fn reload_outcome(status: u16, body: &str, base: &str) -> Result<(), ReloadE
             body
         }),
         405 => ReloadError::MethodNotAllowed(base.to_owned()),
+        300..=399 => ReloadError::Other(format!(
+            "Prometheus answered {status} (a redirect; not followed, the reload did not happen): \
+             point [prometheus] url at the Prometheus web endpoint itself{}",
+            if body.is_empty() {
+                String::new()
+            } else {
+                format!(": {body}")
+            }
+        )),
         500 => ReloadError::PrometheusConfig(body),
         code => ReloadError::Other(format!("Prometheus answered {code}: {body}")),
     })

@@ -368,7 +368,9 @@ impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
                         (_, None) => Phase::Expired,
                     };
                     let label = error.metric_label();
-                    let message = error.to_string();
+                    // The one choke point before the log, status and the
+                    // control socket: whatever the error quotes is shown safely.
+                    let message = crate::outside::text(&error.to_string());
                     self.state.update(&name, |s| {
                         s.state = phase;
                         s.last_error = Some(message.clone());

@@ -32,6 +32,18 @@ pub enum SinkError {
         /// The OS error.
         source: io::Error,
     },
+    /// Something other than a regular file is where a token file (or the
+    /// lock file) goes: mcprom never replaces or writes through it.
+    #[error(
+        "{} is {kind}, not a regular file: mcprom does not replace or write through it; remove it or point token_file elsewhere",
+        path.display()
+    )]
+    NotRegular {
+        /// The path.
+        path: PathBuf,
+        /// What is there ("a symbolic link", "a character device", …).
+        kind: &'static str,
+    },
     /// `file_group` names a group that does not exist.
     #[error("group {0:?} (file_group) does not exist on this host; create it or change file_group")]
     NoSuchGroup(String),
@@ -103,13 +115,72 @@ pub fn lookup_group(name: &str) -> Result<u32, SinkError> {
     }
 }
 
-/// Read a token file (bounded) and check that it holds a token.
+/// Read a token file (bounded) and check that it holds a token. Only a
+/// regular file is read: the open does not block (a FIFO planted at the
+/// path cannot hold a worker) and anything else is refused.
 pub fn read_token(path: &Path) -> io::Result<Token> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.file_type().is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is not a regular file", path.display()),
+        ));
+    }
     let mut buf = String::new();
-    File::open(path)?
-        .take(MAX_TOKEN_LEN as u64 + 2)
+    file.take(MAX_TOKEN_LEN as u64 + 2)
         .read_to_string(&mut buf)?;
     Token::new(buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// What a file type is called in messages.
+fn kind_of(mode: libc::mode_t) -> &'static str {
+    match mode & libc::S_IFMT {
+        libc::S_IFREG => "a regular file",
+        libc::S_IFLNK => "a symbolic link",
+        libc::S_IFDIR => "a directory",
+        libc::S_IFCHR => "a character device",
+        libc::S_IFBLK => "a block device",
+        libc::S_IFIFO => "a FIFO",
+        libc::S_IFSOCK => "a socket",
+        _ => "of an unknown type",
+    }
+}
+
+/// Open `dir` for the *at() calls below.
+fn open_dir(dir: &Path) -> io::Result<std::os::fd::OwnedFd> {
+    use nix::fcntl::{OFlag, open};
+    open(
+        dir,
+        OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(io::Error::from)
+}
+
+/// Refuse to replace `name` in `dir` unless it is missing or a regular
+/// file (not following a link at `name`).
+fn check_replaceable(
+    dir: &std::os::fd::OwnedFd,
+    name: &str,
+    target: &Path,
+) -> Result<(), SinkError> {
+    use nix::fcntl::AtFlags;
+    match nix::sys::stat::fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG => Ok(()),
+        Ok(st) => Err(SinkError::NotRegular {
+            path: target.to_owned(),
+            kind: kind_of(st.st_mode),
+        }),
+        Err(nix::errno::Errno::ENOENT) => Ok(()),
+        Err(e) => Err(SinkError::Io {
+            op: "inspect",
+            path: target.to_owned(),
+            source: e.into(),
+        }),
+    }
 }
 
 /// Temp file, group and mode, write, fsync, rename over the target, fsync
@@ -130,7 +201,16 @@ pub fn write_atomically(
         path: dir.clone(),
         source,
     })?;
-    let (temp_path, mut file) = create_temp(&dir, &name)?;
+    // Everything below is relative to this one directory descriptor, and
+    // nothing follows a link at a name in it.
+    let dirfd = open_dir(&dir).map_err(|source| SinkError::Io {
+        op: "open directory",
+        path: dir.clone(),
+        source,
+    })?;
+    check_replaceable(&dirfd, &name, target)?;
+    let (temp_name, mut file) = create_temp(&dirfd, &dir, &name)?;
+    let temp_path = dir.join(&temp_name);
     let result = (|| {
         let io = |op: &'static str, path: &Path| {
             let path = path.to_owned();
@@ -144,13 +224,19 @@ pub fn write_atomically(
             .map_err(io("set the mode of", &temp_path))?;
         file.write_all(contents).map_err(io("write", &temp_path))?;
         file.sync_all().map_err(io("fsync", &temp_path))?;
-        fs::rename(&temp_path, target).map_err(io("rename temp file onto", target))?;
-        File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io("fsync directory", &dir))
+        // Checked again right before the rename: what is there may have
+        // changed while the file was written.
+        check_replaceable(&dirfd, &name, target)?;
+        nix::fcntl::renameat(&dirfd, temp_name.as_str(), &dirfd, name.as_str())
+            .map_err(|e| io("rename temp file onto", target)(e.into()))?;
+        nix::unistd::fsync(&dirfd).map_err(|e| io("fsync directory", &dir)(e.into()))
     })();
     if result.is_err() {
-        let _ = fs::remove_file(&temp_path);
+        let _ = nix::unistd::unlinkat(
+            &dirfd,
+            temp_name.as_str(),
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        );
     }
     result
 }
@@ -162,20 +248,25 @@ fn parent_dir(path: &Path) -> PathBuf {
     }
 }
 
-fn create_temp(dir: &Path, name: &str) -> Result<(PathBuf, File), SinkError> {
+fn create_temp(
+    dirfd: &std::os::fd::OwnedFd,
+    dir: &Path,
+    name: &str,
+) -> Result<(String, File), SinkError> {
+    use nix::fcntl::OFlag;
     let mut last_err = None;
     for _ in 0..8 {
-        let path = dir.join(format!(
-            "{TEMP_PREFIX}{name}.{:016x}",
-            rand::random::<u64>()
-        ));
-        match OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
+        let temp = format!("{TEMP_PREFIX}{name}.{:016x}", rand::random::<u64>());
+        // O_EXCL: never an existing file, never through a link.
+        match nix::fcntl::openat(
+            dirfd,
+            temp.as_str(),
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .map_err(io::Error::from)
         {
-            Ok(file) => return Ok((path, file)),
+            Ok(fd) => return Ok((temp, File::from(fd))),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last_err = Some(e),
             Err(source) => {
                 return Err(SinkError::Io {
@@ -235,6 +326,17 @@ pub enum LockError {
         /// Who holds it, as far as the lock file says.
         holder: String,
     },
+    /// Something other than a regular file is at the lock file's path.
+    #[error(
+        "{} is {kind}, not a regular file: mcprom does not lock or write through it; remove it",
+        path.display()
+    )]
+    NotRegular {
+        /// The lock file's path.
+        path: PathBuf,
+        /// What is there.
+        kind: &'static str,
+    },
     /// The lock file could not be opened or written.
     #[error("cannot lock token directory {}: {source}", dir.display())]
     Io {
@@ -245,6 +347,21 @@ pub enum LockError {
     },
 }
 
+/// Warn when anyone but the owner of `dir` may write in it: whoever can
+/// replace names there can replace the token files Prometheus reads.
+fn warn_if_others_may_write(dir: &Path) {
+    use std::os::unix::fs::MetadataExt as _;
+    if let Ok(meta) = fs::metadata(dir)
+        && meta.mode() & 0o022 != 0
+    {
+        tracing::warn!(
+            dir = %dir.display(),
+            mode = format!("{:04o}", meta.mode() & 0o7777),
+            "the token directory is writable by others than its owner: they can replace the token files Prometheus reads; chmod go-w it"
+        );
+    }
+}
+
 /// Take the exclusive lock of `dir` (creating it if needed) and record our pid in it.
 pub fn lock_dir(dir: &Path) -> Result<DirLock, LockError> {
     use nix::fcntl::{Flock, FlockArg};
@@ -253,15 +370,36 @@ pub fn lock_dir(dir: &Path) -> Result<DirLock, LockError> {
         source,
     };
     fs::create_dir_all(dir).map_err(io_err)?;
+    warn_if_others_may_write(dir);
     let path = dir.join(LOCK_FILE);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(&path)
-        .map_err(io_err)?;
+    let dirfd = open_dir(dir).map_err(io_err)?;
+    // No link is followed and nothing blocks (a FIFO): only a regular file
+    // is taken as the lock.
+    let fd = nix::fcntl::openat(
+        &dirfd,
+        LOCK_FILE,
+        nix::fcntl::OFlag::O_RDWR
+            | nix::fcntl::OFlag::O_CREAT
+            | nix::fcntl::OFlag::O_NOFOLLOW
+            | nix::fcntl::OFlag::O_NONBLOCK
+            | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .map_err(|e| match e {
+        nix::errno::Errno::ELOOP => LockError::NotRegular {
+            path: path.clone(),
+            kind: "a symbolic link",
+        },
+        e => io_err(e.into()),
+    })?;
+    let file = File::from(fd);
+    let st = nix::sys::stat::fstat(&file).map_err(|e| io_err(e.into()))?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(LockError::NotRegular {
+            path,
+            kind: kind_of(st.st_mode),
+        });
+    }
     match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
         Ok(mut lock) => {
             lock.set_len(0).map_err(io_err)?;

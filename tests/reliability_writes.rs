@@ -412,20 +412,25 @@ async fn strace_shows_write_fsync_rename_then_directory_fsync() {
     };
     let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
     let dir_text = dir.display().to_string();
+    // Everything happens relative to the token directory, opened once
+    // (openat/renameat on its descriptor: no path component is followed
+    // between the checks and the rename).
+    let renameat_dir = |c: &Call| -> Option<String> {
+        let rest = c.text.strip_prefix("renameat")?;
+        let rest = rest.strip_prefix('2').unwrap_or(rest).strip_prefix('(')?;
+        Some(rest.split(',').next()?.to_owned())
+    };
     // Wait until the directory fsync after the rename has been recorded.
     let calls = eventually(Duration::from_secs(90), "one traced rotation", || async {
         let output = std::fs::read_to_string(&trace).ok()?;
         let calls = strace_calls(&output);
-        let renamed = calls.iter().position(|c| {
-            c.text.starts_with("rename") && c.text.contains(&format!("\"{}\"", target.display()))
-        })?;
-        let dir_open = calls[renamed..].iter().position(|c| {
-            c.text.starts_with("openat(") && c.text.contains(&format!("\"{dir_text}\""))
-        })? + renamed;
-        let fd = result_fd(&calls[dir_open].text)?;
-        calls[dir_open..]
+        let renamed = calls
             .iter()
-            .any(|c| c.text.starts_with(&format!("fsync({fd})")))
+            .position(|c| renameat_dir(c).is_some() && c.text.contains("\"c1.token\""))?;
+        let dir_fd = renameat_dir(&calls[renamed])?;
+        calls[renamed..]
+            .iter()
+            .any(|c| c.text.starts_with(&format!("fsync({dir_fd})")))
             .then_some(calls)
     })
     .await;
@@ -439,19 +444,36 @@ async fn strace_shows_write_fsync_rename_then_directory_fsync() {
             .map(|i| i + from)
             .unwrap_or_else(|| panic!("no {what} after call {from}"))
     };
-    let temp_prefix = format!("\"{dir_text}/.mcprom-tmp.c1.token.");
     let open = index(0, "temp file creation", &|c| {
-        c.text.starts_with("openat(") && c.text.contains(&temp_prefix)
+        c.text.starts_with("openat(") && c.text.contains(", \".mcprom-tmp.c1.token.")
     });
+    let dir_fd = calls[open].text["openat(".len()..]
+        .split(',')
+        .next()
+        .unwrap()
+        .to_owned();
+    let tid = calls[open].tid.clone();
+    let dir_open = (0..open)
+        .rev()
+        .find(|&i| {
+            let c = &calls[i];
+            c.tid == tid
+                && c.text.starts_with("openat(")
+                && c.text.contains(&format!("\"{dir_text}\""))
+                && c.text.contains("O_DIRECTORY")
+                && result_fd(&c.text).as_deref() == Some(dir_fd.as_str())
+        })
+        .expect("the token directory opened before the temp file");
     let open_text = &calls[open].text;
     assert!(
-        open_text.contains("O_CREAT") && open_text.contains("O_EXCL"),
+        open_text.contains("O_CREAT")
+            && open_text.contains("O_EXCL")
+            && open_text.contains("O_NOFOLLOW"),
         "{open_text}"
     );
     assert!(open_text.contains("0600"), "{open_text}");
     let fd = result_fd(open_text).unwrap();
-    let tid = calls[open].tid.clone();
-    let temp_path = open_text.split('"').nth(1).unwrap().to_owned();
+    let temp_name = open_text.split('"').nth(1).unwrap().to_owned();
     let write = index(open, "write of the token", &|c| {
         c.tid == tid && c.text.starts_with(&format!("write({fd},"))
     });
@@ -461,15 +483,11 @@ async fn strace_shows_write_fsync_rename_then_directory_fsync() {
                 || c.text.starts_with(&format!("fdatasync({fd})")))
     });
     let rename = index(fsync, "rename onto the token file", &|c| {
-        c.text.starts_with("rename")
-            && c.text.contains(&format!("\"{temp_path}\""))
-            && c.text.contains(&format!("\"{}\"", target.display()))
+        renameat_dir(c).as_deref() == Some(dir_fd.as_str())
+            && c.text
+                .contains(&format!("\"{temp_name}\", {dir_fd}, \"c1.token\""))
     });
-    let dir_open = index(rename, "open of the directory", &|c| {
-        c.tid == tid && c.text.starts_with("openat(") && c.text.contains(&format!("\"{dir_text}\""))
-    });
-    let dir_fd = result_fd(&calls[dir_open].text).unwrap();
-    let dir_fsync = index(dir_open, "fsync of the directory", &|c| {
+    let dir_fsync = index(rename, "fsync of the directory", &|c| {
         c.tid == tid && c.text.starts_with(&format!("fsync({dir_fd})"))
     });
     // Nothing touches the token file itself between the temp file's
@@ -478,23 +496,20 @@ async fn strace_shows_write_fsync_rename_then_directory_fsync() {
         !calls[open..rename]
             .iter()
             .any(|c| c.text.starts_with("openat(")
-                && c.text.contains(&format!("\"{}\"", target.display()))),
+                && (c.text.contains(&format!("\"{}\"", target.display()))
+                    || c.text.contains("\"c1.token\""))),
         "the token file is never opened for writing"
     );
     eprintln!(
         "figures: strace: {}\n  {}\n  {}\n  {}\n  {}\n  {}",
+        calls[dir_open].text,
         calls[open].text,
         calls[write].text.chars().take(60).collect::<String>(),
         calls[fsync].text,
         calls[rename].text,
-        calls[dir_open].text,
         calls[dir_fsync].text
     );
     assert!(
-        open < write
-            && write < fsync
-            && fsync < rename
-            && rename < dir_open
-            && dir_open < dir_fsync
+        dir_open < open && open < write && write < fsync && fsync < rename && rename < dir_fsync
     );
 }

@@ -287,7 +287,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
     ("[defaults]", &["token_dir"]),
     ("[metrics]", &["listen"]),
     ("[control]", &["socket"]),
-    ("[limits]", &["concurrent_requests"]),
+    ("[limits]", &["concurrent_requests", "exec_timeout"]),
     (
         "[cluster.credentials]",
         &["kubeconfig", "context", "client_cert", "client_key", "self"],
@@ -374,6 +374,7 @@ fn example(key: &str) -> Option<&'static str> {
         "listen" => r#"listen = "127.0.0.1:9719""#,
         "socket" => r#"socket = "/run/mcprom/control.sock""#,
         "concurrent_requests" => "concurrent_requests = 32",
+        "exec_timeout" => r#"exec_timeout = "30s""#,
         "name" => r#"name = "prod""#,
         "api_server" => r#"api_server = "https://192.168.0.153:6443""#,
         "insecure_skip_tls_verify" => "insecure_skip_tls_verify = false",

@@ -95,6 +95,8 @@ pub struct ControlFile {
 pub struct LimitsFile {
     /// TokenRequests in flight at once (default 32, at least 1).
     pub concurrent_requests: Option<Spanned<i64>>,
+    /// How long one kubeconfig exec plugin run may take (default "30s").
+    pub exec_timeout: Option<Spanned<String>>,
 }
 
 /// One `[[cluster]]`.

@@ -76,6 +76,22 @@ pub fn warnings(settings: &Settings) -> Vec<String> {
                 cluster.name
             ));
         }
+        if cluster.file_mode & 0o026 != 0 {
+            out.push(format!(
+                "cluster {:?}: file_mode {:04o} lets {} the token file; a token is a credential \
+                 for the cluster: use 0640 with file_group, or 0600",
+                cluster.name,
+                cluster.file_mode,
+                match (
+                    cluster.file_mode & 0o004 != 0,
+                    cluster.file_mode & 0o022 != 0
+                ) {
+                    (true, true) => "every local user read it and others than mcprom write",
+                    (true, false) => "every local user read",
+                    _ => "others than mcprom write",
+                }
+            ));
+        }
         if cluster.expiration < API_SERVER_MINIMUM_EXPIRATION {
             out.push(format!(
                 "cluster {:?}: expiration {} is below 10 minutes: real API servers refuse less \

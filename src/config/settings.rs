@@ -75,6 +75,9 @@ pub struct ControlSettings {
 pub struct Limits {
     /// TokenRequests in flight at once across all clusters (default 32, ≥ 1).
     pub concurrent_requests: usize,
+    /// How long one kubeconfig exec plugin run may take before its process
+    /// group is killed (default 30 s).
+    pub exec_timeout: std::time::Duration,
 }
 
 /// `namespace/name` of a ServiceAccount.

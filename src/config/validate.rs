@@ -218,8 +218,20 @@ impl Validator<'_> {
                 .path_value(&socket, "[control]", "socket")
                 .unwrap_or_default(),
         };
-        let concurrent_requests = match file.limits.and_then(|l| l.into_inner().concurrent_requests)
-        {
+        let limits = file.limits.map(|l| l.into_inner()).unwrap_or_default();
+        let exec_timeout = limits
+            .exec_timeout
+            .as_ref()
+            .and_then(|t| {
+                self.duration_value(
+                    t,
+                    "[limits]",
+                    "exec_timeout",
+                    Duration::from_secs(1)..=Duration::from_secs(600),
+                )
+            })
+            .unwrap_or(crate::exec::DEFAULT_EXEC_TIMEOUT);
+        let concurrent_requests = match limits.concurrent_requests {
             None => DEFAULT_CONCURRENT_REQUESTS,
             Some(n) => match usize::try_from(*n.get_ref()) {
                 Ok(n) if (1..=MAX_CONCURRENT_REQUESTS).contains(&n) => n,
@@ -250,6 +262,7 @@ impl Validator<'_> {
             control: ControlSettings { socket },
             limits: Limits {
                 concurrent_requests,
+                exec_timeout,
             },
             clusters: clusters.into_iter().map(std::sync::Arc::new).collect(),
         }
