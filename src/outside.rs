@@ -303,9 +303,13 @@ fn redact_fields(s: &str) -> String {
         // The key just before the separator, quoted or not.
         let before = s[..i].trim_end();
         let before = before.strip_suffix('"').unwrap_or(before);
+        // After the last character that cannot be part of a key (which may
+        // be several bytes long: start after all of it).
         let key_start = before
-            .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
-            .map_or(0, |p| p + 1);
+            .char_indices()
+            .rev()
+            .find(|&(_, c)| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+            .map_or(0, |(p, c)| p + c.len_utf8());
         let key = &before[key_start..];
         if key.is_empty() || !is_secret_key(key) {
             i += 1;
@@ -359,6 +363,13 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_after_a_multibyte_character_is_found_without_panicking() {
+        // Found by the fuzzer: the key starts after a 4-byte character.
+        assert_eq!(text("êC*ટF`𖵍𐖑token: abc"), "êC*ટF`𖵍𐖑token: <redacted>");
+        let _ = text("*ટF`𖵍𐖑:");
+    }
 
     const JWT: &str = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJlLXNpZ25hdHVyZQ";
 
