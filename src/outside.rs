@@ -59,20 +59,25 @@ where
         let Ok(data) = frame?.into_data() else {
             continue;
         };
-        let room = cap - buf.len();
-        if data.len() > room {
-            buf.extend_from_slice(&data[..room]);
+        if !append_capped(&mut buf, &data, cap) {
             return Ok(Capped {
                 bytes: buf.freeze(),
                 truncated: true,
             });
         }
-        buf.extend_from_slice(&data);
     }
     Ok(Capped {
         bytes: buf.freeze(),
         truncated: false,
     })
+}
+
+/// Appends `data` to `buf` up to `cap` bytes in all; `false` when some of
+/// it did not fit (the body goes on beyond the cap).
+fn append_capped(buf: &mut BytesMut, data: &[u8], cap: usize) -> bool {
+    let room = cap - buf.len();
+    buf.extend_from_slice(&data[..data.len().min(room)]);
+    data.len() <= room
 }
 
 /// Read a reqwest answer's body like [`read_body`].
@@ -82,15 +87,12 @@ pub async fn read_response(
 ) -> Result<Capped, reqwest::Error> {
     let mut buf = BytesMut::new();
     while let Some(data) = response.chunk().await? {
-        let room = cap - buf.len();
-        if data.len() > room {
-            buf.extend_from_slice(&data[..room]);
+        if !append_capped(&mut buf, &data, cap) {
             return Ok(Capped {
                 bytes: buf.freeze(),
                 truncated: true,
             });
         }
-        buf.extend_from_slice(&data);
     }
     Ok(Capped {
         bytes: buf.freeze(),
