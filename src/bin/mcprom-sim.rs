@@ -28,6 +28,7 @@ use mcprom::sim::{Sim, SimConfig, parse_duration};
 ///   DELETE /clusters/<name>/secrets/<ns>/<secret>
 ///   POST   /clusters/<name>/serviceaccounts/<ns>/<sa>/recreate   (new uid at once)
 ///   POST   /clusters/<name>/signing-key/rotate   (tokens issued before get 401)
+///   POST   /clusters/<name>/sign   {claims}  -> {"token":"<JWT>"} signed with its key
 ///   GET    /stats, /clusters/<name>/stats
 #[derive(Parser, Debug)]
 #[command(name = "mcprom-sim", version, verbatim_doc_comment)]

@@ -476,17 +476,20 @@ pub(crate) fn authenticate_token(
     }
     let k = &claims.kubernetes_io;
     match cluster.service_account_uid(&k.namespace, &k.serviceaccount.name) {
-        Some(uid) if uid == k.serviceaccount.uid => Ok(Identity::service_account(
-            &k.namespace,
-            &k.serviceaccount.name,
-        )),
+        Some(uid) if uid == k.serviceaccount.uid => Ok(Identity {
+            credential_id: Some(format!("JTI={}", claims.jti)),
+            uid: Some(uid),
+            ..Identity::service_account(&k.namespace, &k.serviceaccount.name)
+        }),
         _ => Err(Rejection::Unknown),
     }
 }
 
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct TokenRequestJson {
     kind: Option<String>,
+    api_version: Option<String>,
     #[serde(default)]
     spec: TokenRequestSpecJson,
 }
@@ -532,6 +535,118 @@ fn invalid_expiration(value: i64, what: &str) -> Resp {
     )
 }
 
+/// Parses a JSON or YAML TokenRequest; also returns the paths of the fields
+/// the real server does not know (it answers them with a `Warning`).
+fn parse_token_request(
+    content_type: &str,
+    body: &[u8],
+) -> Result<(TokenRequestJson, Vec<String>), String> {
+    let value: Value = if content_type == "application/yaml" {
+        serde_yaml_ng::from_slice(body).map_err(|e| e.to_string())?
+    } else {
+        serde_json::from_slice(body).map_err(|e| e.to_string())?
+    };
+    let mut unknown = Vec::new();
+    unknown_fields(&value, TOKEN_REQUEST_FIELDS, &mut unknown);
+    let t = serde_json::from_value(value).map_err(|e| e.to_string())?;
+    Ok((t, unknown))
+}
+
+/// The top-level fields of a TokenRequest, the fields each knows (`None`:
+/// not checked, like `metadata`'s), and those of `spec.boundObjectRef`.
+const TOKEN_REQUEST_FIELDS: &[(&str, Option<&[&str]>, Option<&[&str]>)] = &[
+    ("apiVersion", None, None),
+    ("kind", None, None),
+    ("metadata", None, None),
+    (
+        "spec",
+        Some(&["audiences", "expirationSeconds", "boundObjectRef"]),
+        Some(&["kind", "apiVersion", "name", "uid"]),
+    ),
+    ("status", Some(&["token", "expirationTimestamp"]), None),
+];
+
+/// Collects `spec.x`-style paths of unknown fields of a TokenRequest body.
+fn unknown_fields(
+    value: &Value,
+    fields: &[(&str, Option<&[&str]>, Option<&[&str]>)],
+    out: &mut Vec<String>,
+) {
+    let Some(top) = value.as_object() else {
+        return;
+    };
+    for (key, v) in top {
+        let Some((_, children, bound)) = fields.iter().find(|(k, _, _)| k == key) else {
+            out.push(key.clone());
+            continue;
+        };
+        let (Some(children), Some(obj)) = (children, v.as_object()) else {
+            continue;
+        };
+        for (k, v) in obj {
+            if !children.contains(&k.as_str()) {
+                out.push(format!("{key}.{k}"));
+            } else if let (Some(bound), "boundObjectRef", Some(b)) = (bound, k.as_str(), v.as_object()) {
+                out.extend(
+                    b.keys()
+                        .filter(|f| !bound.contains(&f.as_str()))
+                        .map(|f| format!("{key}.{k}.{f}")),
+                );
+            }
+        }
+    }
+}
+
+/// Checks `spec.boundObjectRef` as the real server does (Pod, Secret and
+/// Node in the core group; the object must exist and its uid match) and
+/// returns the claim the token carries for it (`node`, `secret`).
+fn bound_object(
+    settings: &Settings,
+    cluster: &Cluster,
+    ns: &str,
+    b: &Value,
+) -> Result<(&'static str, Value), Box<Resp>> {
+    let field = |k: &str| b.get(k).and_then(Value::as_str).unwrap_or_default();
+    let (kind, api_version, name, uid) = (field("kind"), field("apiVersion"), field("name"), field("uid"));
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    let found = match (group, kind) {
+        ("", "Pod") => None, // the simulator has no Pods
+        ("", "Node") => settings
+            .nodes
+            .iter()
+            .any(|n| n == name)
+            .then(|| node_uid(name, &settings.nodes)),
+        ("", "Secret") => cluster.secrets.get(ns, name).map(|s| s.uid),
+        _ => {
+            return Err(Box::new(bad_request(&format!(
+                "cannot bind token to object of type {group}/{version}, Kind={kind}"
+            ))));
+        }
+    };
+    let resource = match kind {
+        "Pod" => "pods",
+        "Node" => "nodes",
+        _ => "secrets",
+    };
+    let Some(actual) = found else {
+        return Err(Box::new(not_found(resource, name)));
+    };
+    if !uid.is_empty() && uid != actual {
+        return Err(Box::new(status_resp(
+            409,
+            "Conflict",
+            &format!(
+                "Operation cannot be fulfilled on {kind} \"{name}\": the UID in the bound object \
+                 reference ({uid}) does not match the UID in record. The object might have been \
+                 deleted and then recreated"
+            ),
+            Some(json!({"name": name, "kind": kind})),
+        )));
+    }
+    let key = if kind == "Node" { "node" } else { "secret" };
+    Ok((key, json!({"name": name, "uid": actual})))
+}
+
 async fn token_request(
     settings: &Settings,
     cluster: &Cluster,
@@ -563,25 +678,47 @@ async fn token_request(
         }
         Err(_) => return Err(DropConnection),
     };
+    let mut warnings = Vec::new();
     let (audiences, expiration, bound) = match content_type.as_str() {
         "application/vnd.kubernetes.protobuf" => match proto::decode_token_request(&body) {
-            Ok(s) => (s.audiences, s.expiration_seconds, None),
+            Ok(s) => (
+                s.audiences,
+                s.expiration_seconds,
+                s.bound_object.map(|[kind, api_version, name, uid]| {
+                    let mut b = json!({"kind": kind, "apiVersion": api_version, "name": name});
+                    if !uid.is_empty() {
+                        b["uid"] = json!(uid);
+                    }
+                    b
+                }),
+            ),
             Err(e) => {
                 return Ok(bad_request(&format!(
                     "failed to decode protobuf TokenRequest: {e}"
                 )));
             }
         },
-        "" | "application/json" => match serde_json::from_slice::<TokenRequestJson>(&body) {
-            Ok(t) if t.kind.as_deref().is_none_or(|k| k == "TokenRequest") => (
-                t.spec.audiences.unwrap_or_default(),
-                t.spec.expiration_seconds,
-                t.spec.bound_object_ref,
-            ),
-            Ok(t) => {
+        "" | "application/json" | "application/yaml" => match parse_token_request(&content_type, &body) {
+            Ok((t, unknown)) if t.kind.as_deref().is_none_or(|k| k == "TokenRequest") => {
+                // Like the real server: a Warning per field it does not know.
+                warnings = unknown
+                    .iter()
+                    .map(|f| format!("299 - \"unknown field \\\"{f}\\\"\""))
+                    .collect();
+                (
+                    t.spec.audiences.unwrap_or_default(),
+                    t.spec.expiration_seconds,
+                    t.spec.bound_object_ref,
+                )
+            }
+            Ok((t, _)) => {
+                // The real server's decoder tries to convert the other kind.
+                let kind = t.kind.unwrap_or_default();
+                let version = t.api_version.unwrap_or_default();
+                let package = version.rsplit('/').next().unwrap_or_default();
                 return Ok(bad_request(&format!(
-                    "expected kind TokenRequest, got {:?}",
-                    t.kind.unwrap_or_default()
+                    "{kind} in version \"{version}\" cannot be handled as a TokenRequest: \
+                     converting ({package}.{kind}) to (authentication.TokenRequest): unknown conversion"
                 )));
             }
             Err(e) => {
@@ -590,17 +727,20 @@ async fn token_request(
                 )));
             }
         },
-        other => {
+        _ => {
             return Ok(status_resp(
                 415,
                 "UnsupportedMediaType",
-                &format!(
-                    "the body of the request was in an unknown format ({other}) - accepted media types include: application/json, application/vnd.kubernetes.protobuf"
-                ),
+                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf",
                 None,
             ));
         }
     };
+    // The real server's admission refuses a create in a namespace that does
+    // not exist, before anything else is looked at.
+    if !cluster.namespace_exists(ns) {
+        return Ok(not_found("namespaces", ns));
+    }
     // The real server looks the ServiceAccount up before it validates the
     // spec: a missing one is 404 even with an invalid expirationSeconds.
     let Some(uid) = cluster.service_account_uid(ns, name) else {
@@ -631,6 +771,13 @@ async fn token_request(
             granted = max;
         }
     }
+    let bound_claim = match &bound {
+        Some(b) => match bound_object(settings, cluster, ns, b) {
+            Ok(claim) => Some(claim),
+            Err(resp) => return Ok(*resp),
+        },
+        None => None,
+    };
     let audiences = if audiences.is_empty() {
         settings.audiences.clone()
     } else {
@@ -654,6 +801,10 @@ async fn token_request(
         nbf: iat,
         sub: format!("system:serviceaccount:{ns}:{name}"),
     };
+    let mut claims = serde_json::to_value(&claims).unwrap_or_default();
+    if let Some((key, claim)) = bound_claim {
+        claims["kubernetes.io"][key] = claim;
+    }
     let token = match cluster.signer().and_then(|s| s.sign(&claims)) {
         Ok(t) => t,
         Err(e) => {
@@ -670,22 +821,33 @@ async fn token_request(
     let expiration_timestamp = jiff::Timestamp::from_second(exp)
         .map(|t| t.to_string())
         .unwrap_or_default();
-    let mut spec = json!({ "audiences": audiences, "expirationSeconds": granted });
-    if let Some(b) = bound {
-        spec["boundObjectRef"] = b;
-    }
+    let spec = json!({
+        "audiences": audiences,
+        "expirationSeconds": granted,
+        "boundObjectRef": bound,
+    });
+    let created = jiff::Timestamp::from_second(iat)
+        .map(|t| t.to_string())
+        .unwrap_or_default();
     let mut resp = json_resp(
         StatusCode::CREATED,
         &json!({
             "kind": "TokenRequest",
             "apiVersion": "authentication.k8s.io/v1",
-            "metadata": { "name": name, "namespace": ns, "creationTimestamp": null },
+            "metadata": {
+                "name": name,
+                "namespace": ns,
+                "uid": super::cluster::new_uid(),
+                "creationTimestamp": created,
+            },
             "spec": spec,
             "status": { "token": token, "expirationTimestamp": expiration_timestamp },
         }),
     );
-    if let Some(w) = warning.and_then(|w| HeaderValue::from_str(&w).ok()) {
-        resp.headers_mut().insert(http::header::WARNING, w);
+    for w in warnings.into_iter().chain(warning) {
+        if let Ok(w) = HeaderValue::from_str(&w) {
+            resp.headers_mut().append(http::header::WARNING, w);
+        }
     }
     Ok(resp)
 }
@@ -696,13 +858,19 @@ fn non_resource(path: &str) -> Resp {
         "/version" => json_resp(
             StatusCode::OK,
             &json!({
+                // The version the conformance suite measures it against
+                // (testbed/versions).
                 "major": "1",
-                "minor": "32",
-                "gitVersion": "v1.32.0",
-                "gitCommit": "70d3cc986aa8221cd1dfb1121852688902d3bf53",
+                "minor": "37",
+                "emulationMajor": "1",
+                "emulationMinor": "37",
+                "minCompatibilityMajor": "1",
+                "minCompatibilityMinor": "36",
+                "gitVersion": "v1.37.2",
+                "gitCommit": "0000000000000000000000000000000000000000",
                 "gitTreeState": "clean",
-                "buildDate": "2024-12-11T17:59:15Z",
-                "goVersion": "go1.23.3",
+                "buildDate": "2026-11-12T00:00:00Z",
+                "goVersion": "go1.26.8",
                 "compiler": "gc",
                 "platform": "linux/amd64",
             }),
@@ -773,6 +941,12 @@ fn authorization_resources() -> Value {
     })
 }
 
+/// The uid of simulated node `name`.
+fn node_uid(name: &str, all: &[String]) -> String {
+    let index = all.iter().position(|n| n == name).unwrap_or(0) + 1;
+    format!("00000000-0000-4000-8000-{index:012}")
+}
+
 fn node_json(name: &str, all: &[String]) -> Value {
     let index = all.iter().position(|n| n == name).unwrap_or(0) + 1;
     json!({
@@ -780,10 +954,12 @@ fn node_json(name: &str, all: &[String]) -> Value {
         "apiVersion": "v1",
         "metadata": {
             "name": name,
-            "uid": format!("00000000-0000-4000-8000-{index:012}"),
+            "uid": node_uid(name, all),
+            "resourceVersion": "1",
             "creationTimestamp": "2025-01-01T00:00:00Z",
             "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux"},
         },
+        "spec": {},
         "status": {
             "addresses": [
                 {"type": "InternalIP", "address": format!("10.0.{}.{}", index / 250, index % 250 + 1)},
@@ -791,6 +967,12 @@ fn node_json(name: &str, all: &[String]) -> Value {
             ],
             "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}],
             "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+            "nodeInfo": {
+                "machineID": "", "systemUUID": "", "bootID": "",
+                "kernelVersion": "6.1.0", "osImage": "Debian GNU/Linux 12 (bookworm)",
+                "containerRuntimeVersion": "containerd://2.1.0", "kubeletVersion": "v1.37.2",
+                "kubeProxyVersion": "", "operatingSystem": "linux", "architecture": "amd64",
+            },
         },
     })
 }

@@ -21,6 +21,9 @@
 //! - `POST /clusters/<name>/signing-key/rotate` replaces the token signing
 //!   key, as an API server restarted with a new key and without the old
 //!   one: every token issued before gets 401.
+//! - `POST /clusters/<name>/sign` with a JSON object of claims: `{"token":
+//!   "<JWT>"}` signed with the cluster's current key (tokens with chosen
+//!   times for the conformance suite).
 //! - `GET /stats` (all clusters) and `GET /clusters/<name>/stats`: counters.
 
 use std::sync::Arc;
@@ -175,6 +178,25 @@ async fn handle(registry: &Registry, req: Request<Incoming>) -> Resp {
             Ok(()) => reply(StatusCode::OK, &json!({ "ok": true })),
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e:#}")),
         },
+        (&Method::POST, ["sign"]) => {
+            let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        &format!("failed to read body: {e}"),
+                    );
+                }
+            };
+            match serde_json::from_slice::<Value>(&body) {
+                Ok(claims @ Value::Object(_)) => match cluster.sign(&claims) {
+                    Ok(token) => reply(StatusCode::OK, &json!({ "token": token })),
+                    Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e:#}")),
+                },
+                Ok(_) => error(StatusCode::BAD_REQUEST, "the claims must be a JSON object"),
+                Err(e) => error(StatusCode::BAD_REQUEST, &format!("invalid claims: {e}")),
+            }
+        }
         (&Method::DELETE, ["secrets", ns, secret]) => {
             if cluster.delete_secret(ns, secret) {
                 reply(StatusCode::OK, &json!({ "ok": true }))

@@ -247,6 +247,14 @@ impl ClusterHandle {
         self.cluster.stats()
     }
 
+    /// Signs `claims` (any JSON object) with the cluster's current token
+    /// key: a token with chosen times or claims (expired, not yet valid) for
+    /// the conformance suite, as `testbed/conformance` signs with the real
+    /// server's key.
+    pub fn sign(&self, claims: &serde_json::Value) -> anyhow::Result<String> {
+        self.cluster.signer()?.sign(claims)
+    }
+
     /// The static bearer token of `mcprom-issuer` (also in `DIR/<name>/issuer.token`).
     pub fn issuer_token(&self) -> &str {
         &self.cluster.issuer_token

@@ -50,6 +50,8 @@ pub struct TokenRequestSpec {
     pub expiration_seconds: Option<i64>,
     /// `spec.boundObjectRef` was present.
     pub bound_object_ref: bool,
+    /// `spec.boundObjectRef` as `[kind, apiVersion, name, uid]`, when present.
+    pub bound_object: Option<[String; 4]>,
 }
 
 /// One decoded field: number and value.
@@ -169,7 +171,17 @@ pub fn decode_token_request_message(raw: &[u8]) -> Result<TokenRequestSpec, Prot
             while let Some((n, v)) = sr.field()? {
                 match (n, v) {
                     (1, Value::Bytes(b)) => spec.audiences.push(string(b)?),
-                    (3, Value::Bytes(_)) => spec.bound_object_ref = true,
+                    (3, Value::Bytes(b)) => {
+                        spec.bound_object_ref = true;
+                        let mut fields: [String; 4] = Default::default();
+                        let mut br = Reader::new(b);
+                        while let Some((n, v)) = br.field()? {
+                            if let (1..=4, Value::Bytes(b)) = (n, v) {
+                                fields[(n - 1) as usize] = string(b)?;
+                            }
+                        }
+                        spec.bound_object = Some(fields);
+                    }
                     // int64 is two's complement in a varint: reinterpret the bits.
                     (4, Value::Varint(x)) => spec.expiration_seconds = Some(x as i64),
                     _ => {}

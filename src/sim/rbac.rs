@@ -6,6 +6,12 @@
 pub(crate) struct Identity {
     pub user: String,
     pub groups: Vec<String>,
+    /// `authentication.kubernetes.io/credential-id` as the real server puts
+    /// it in `userInfo.extra`: `X509SHA256=<hex>` for a client certificate,
+    /// `JTI=<jti>` for a ServiceAccount token.
+    pub credential_id: Option<String>,
+    /// `userInfo.uid`: a ServiceAccount's uid (set for its tokens).
+    pub uid: Option<String>,
 }
 
 impl Identity {
@@ -13,6 +19,8 @@ impl Identity {
         Self {
             user: "system:anonymous".into(),
             groups: vec!["system:unauthenticated".into()],
+            credential_id: None,
+            uid: None,
         }
     }
 
@@ -24,6 +32,8 @@ impl Identity {
                 format!("system:serviceaccounts:{ns}"),
                 "system:authenticated".into(),
             ],
+            credential_id: None,
+            uid: None,
         }
     }
 
@@ -31,6 +41,8 @@ impl Identity {
         Self {
             user: name.into(),
             groups: vec!["system:authenticated".into()],
+            credential_id: None,
+            uid: None,
         }
     }
 
@@ -150,17 +162,18 @@ impl Policy {
             super::cluster::MANAGED_NAMESPACE,
             super::cluster::MANAGED_NAME,
         );
+        // The objects are named as `mcprom rbac` names them.
         Some(if who.user == ISSUER_USER {
             format!(
-                "RBAC: allowed by RoleBinding \"{ISSUER_USER}/{ns}\" of Role \"{ISSUER_USER}\" to User \"{ISSUER_USER}\""
+                "RBAC: allowed by RoleBinding \"mcprom:issue-token:{name}/{ns}\" of Role \"mcprom:issue-token:{name}\" to User \"{ISSUER_USER}\""
             )
         } else if PROMETHEUS_CLUSTER_ROLE.iter().any(|r| r.allows(a)) {
             format!(
-                "RBAC: allowed by ClusterRoleBinding \"{name}\" of ClusterRole \"{name}\" to ServiceAccount \"{name}/{ns}\""
+                "RBAC: allowed by ClusterRoleBinding \"mcprom:scrape:{ns}:{name}\" of ClusterRole \"mcprom:scrape:{ns}:{name}\" to ServiceAccount \"{name}/{ns}\""
             )
         } else {
             format!(
-                "RBAC: allowed by RoleBinding \"{name}-self-renew/{ns}\" of Role \"{name}-self-renew\" to ServiceAccount \"{name}/{ns}\""
+                "RBAC: allowed by RoleBinding \"mcprom:issue-token:{name}/{ns}\" of Role \"mcprom:issue-token:{name}\" to ServiceAccount \"{name}/{ns}\""
             )
         })
     }

@@ -197,6 +197,25 @@ fn decode<S: serde::de::DeserializeOwned>(
 }
 
 /// `POST /apis/authentication.k8s.io/v1/selfsubjectreviews`.
+fn now_rfc3339() -> String {
+    jiff::Timestamp::now()
+        .round(jiff::Unit::Second)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+/// `status.userInfo` as the real server fills it in.
+fn user_info(who: &Identity) -> Value {
+    let mut info = json!({ "username": who.user, "groups": who.groups });
+    if let Some(uid) = &who.uid {
+        info["uid"] = json!(uid);
+    }
+    if let Some(id) = &who.credential_id {
+        info["extra"] = json!({ "authentication.kubernetes.io/credential-id": [id] });
+    }
+    info
+}
+
 pub(crate) async fn self_subject_review(
     who: &Identity,
     req: Request<Incoming>,
@@ -228,8 +247,8 @@ pub(crate) async fn self_subject_review(
         &json!({
             "kind": "SelfSubjectReview",
             "apiVersion": "authentication.k8s.io/v1",
-            "metadata": { "creationTimestamp": null },
-            "status": { "userInfo": { "username": who.user, "groups": who.groups } },
+            "metadata": { "creationTimestamp": now_rfc3339() },
+            "status": { "userInfo": user_info(who) },
         }),
     ))
 }
@@ -286,9 +305,26 @@ pub(crate) async fn self_subject_access_review(
             };
             policy.allowed_because(who, &r.group, &a)
         }
-        (None, Some(n)) => (n.verb == "get" && policy.allows_path(who, &n.path)).then(|| {
-            "RBAC: allowed by ClusterRoleBinding \"system:discovery\" of ClusterRole \"system:discovery\" to Group \"system:authenticated\"".to_string()
-        }),
+        (None, Some(n)) => {
+            let (ns, name) = (
+                super::cluster::MANAGED_NAMESPACE,
+                super::cluster::MANAGED_NAME,
+            );
+            if who.groups.iter().any(|g| g == "system:masters") {
+                Some("RBAC: allowed by ClusterRoleBinding \"cluster-admin\" of ClusterRole \"cluster-admin\" to Group \"system:masters\"".to_string())
+            } else if n.path == "/metrics" {
+                // Granted by `mcprom rbac`'s scrape ClusterRole (nonResourceURLs).
+                (n.verb == "get" && who.user == format!("system:serviceaccount:{ns}:{name}")).then(|| {
+                    format!(
+                        "RBAC: allowed by ClusterRoleBinding \"mcprom:scrape:{ns}:{name}\" of ClusterRole \"mcprom:scrape:{ns}:{name}\" to ServiceAccount \"{name}/{ns}\""
+                    )
+                })
+            } else {
+                (n.verb == "get" && policy.allows_path(who, &n.path)).then(|| {
+                    "RBAC: allowed by ClusterRoleBinding \"system:discovery\" of ClusterRole \"system:discovery\" to Group \"system:authenticated\"".to_string()
+                })
+            }
+        }
         (r, _) => {
             let field = if r.is_some() {
                 "spec.nonResourceAttributes"
@@ -320,7 +356,7 @@ pub(crate) async fn self_subject_access_review(
         &json!({
             "kind": "SelfSubjectAccessReview",
             "apiVersion": "authorization.k8s.io/v1",
-            "metadata": { "creationTimestamp": null },
+            "metadata": {},
             "spec": spec,
             "status": status,
         }),

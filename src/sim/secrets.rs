@@ -305,7 +305,8 @@ pub(crate) fn list_json(items: &[Secret], resource_version: u64, partial: bool) 
             "kind": "PartialObjectMetadataList",
             "apiVersion": "meta.k8s.io/v1",
             "metadata": metadata,
-            "items": items.iter().map(Secret::partial).collect::<Vec<_>>(),
+            // The real server's PartialObjectMetadataList says null, not [].
+            "items": (!items.is_empty()).then(|| items.iter().map(Secret::partial).collect::<Vec<_>>()),
         })
     } else {
         json!({

@@ -85,10 +85,17 @@ impl Listener {
             .1
             .peer_certificates()
             .and_then(|c| c.first())
-            .and_then(pki::identity_of)
-            .map(|(user, mut groups)| {
+            .and_then(|c| Some((pki::identity_of(c)?, c)))
+            .map(|((user, mut groups), der)| {
                 groups.push("system:authenticated".into());
-                Identity { user, groups }
+                let digest = ring::digest::digest(&ring::digest::SHA256, der.as_ref());
+                let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+                Identity {
+                    user,
+                    groups,
+                    credential_id: Some(format!("X509SHA256={hex}")),
+                    uid: None,
+                }
             });
         let info = Arc::new(ConnInfo { cert, cancel });
         let this = self.clone();
