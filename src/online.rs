@@ -757,8 +757,10 @@ async fn legacy_secrets(api: &Api, sa: &ServiceAccountRef) -> Option<Check> {
     }
     #[derive(Deserialize)]
     struct List {
+        // The real server says `"items": null` for an empty
+        // PartialObjectMetadataList (found by testbed/conformance).
         #[serde(default)]
-        items: Vec<Item>,
+        items: Option<Vec<Item>>,
     }
     const ANNOTATION: &str = "kubernetes.io/service-account.name";
     // Server-side filtering on the type and metadata only: the tokens in
@@ -776,6 +778,7 @@ async fn legacy_secrets(api: &Api, sa: &ServiceAccountRef) -> Option<Check> {
             Ok(list) => {
                 let names: Vec<String> = list
                     .items
+                    .unwrap_or_default()
                     .into_iter()
                     .filter(|i| i.metadata.annotations.get(ANNOTATION) == Some(&sa.name))
                     .map(|i| i.metadata.name)

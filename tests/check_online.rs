@@ -281,7 +281,7 @@ async fn a_healthy_setup_passes_every_check_and_changes_nothing() {
         let api = sim.api_server(cluster);
         let ca = sim.ca_file(cluster);
         for expected in [
-            format!("✔ API server {api} reachable (Kubernetes v1.32.0)"),
+            format!("✔ API server {api} reachable (Kubernetes v1.37.2)"),
             format!(
                 "✔ TLS verified with the kubeconfig's certificate-authority {}",
                 ca.display()

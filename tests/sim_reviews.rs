@@ -185,7 +185,7 @@ async fn reviews_have_the_real_servers_shape() {
     assert_eq!(v["status"]["allowed"], true);
     assert_eq!(
         v["status"]["reason"],
-        "RBAC: allowed by RoleBinding \"mcprom-issuer/kube-system\" of Role \"mcprom-issuer\" to User \"mcprom-issuer\""
+        "RBAC: allowed by RoleBinding \"mcprom:issue-token:prometheus-test/kube-system\" of Role \"mcprom:issue-token:prometheus-test\" to User \"mcprom-issuer\""
     );
 
     let (status, v) = post(
