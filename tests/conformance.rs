@@ -84,7 +84,10 @@ fn a_new_difference_fails_the_suite() {
         "below the minimum (599 s)",
         "--sim-arg=--min-expiration=5m",
     ]);
-    assert_eq!(code, 1, "the suite did not fail on a new difference:\n{out}");
+    assert_eq!(
+        code, 1,
+        "the suite did not fail on a new difference:\n{out}"
+    );
     assert!(
         out.contains("| DIFFERENT") && out.contains("new difference: status: real 422 / sim 201"),
         "the failure does not name the difference:\n{out}"

@@ -586,7 +586,9 @@ fn unknown_fields(
         for (k, v) in obj {
             if !children.contains(&k.as_str()) {
                 out.push(format!("{key}.{k}"));
-            } else if let (Some(bound), "boundObjectRef", Some(b)) = (bound, k.as_str(), v.as_object()) {
+            } else if let (Some(bound), "boundObjectRef", Some(b)) =
+                (bound, k.as_str(), v.as_object())
+            {
                 out.extend(
                     b.keys()
                         .filter(|f| !bound.contains(&f.as_str()))
@@ -607,7 +609,12 @@ fn bound_object(
     b: &Value,
 ) -> Result<(&'static str, Value), Box<Resp>> {
     let field = |k: &str| b.get(k).and_then(Value::as_str).unwrap_or_default();
-    let (kind, api_version, name, uid) = (field("kind"), field("apiVersion"), field("name"), field("uid"));
+    let (kind, api_version, name, uid) = (
+        field("kind"),
+        field("apiVersion"),
+        field("name"),
+        field("uid"),
+    );
     let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
     let found = match (group, kind) {
         ("", "Pod") => None, // the simulator has no Pods
@@ -698,35 +705,37 @@ async fn token_request(
                 )));
             }
         },
-        "" | "application/json" | "application/yaml" => match parse_token_request(&content_type, &body) {
-            Ok((t, unknown)) if t.kind.as_deref().is_none_or(|k| k == "TokenRequest") => {
-                // Like the real server: a Warning per field it does not know.
-                warnings = unknown
-                    .iter()
-                    .map(|f| format!("299 - \"unknown field \\\"{f}\\\"\""))
-                    .collect();
-                (
-                    t.spec.audiences.unwrap_or_default(),
-                    t.spec.expiration_seconds,
-                    t.spec.bound_object_ref,
-                )
-            }
-            Ok((t, _)) => {
-                // The real server's decoder tries to convert the other kind.
-                let kind = t.kind.unwrap_or_default();
-                let version = t.api_version.unwrap_or_default();
-                let package = version.rsplit('/').next().unwrap_or_default();
-                return Ok(bad_request(&format!(
-                    "{kind} in version \"{version}\" cannot be handled as a TokenRequest: \
+        "" | "application/json" | "application/yaml" => {
+            match parse_token_request(&content_type, &body) {
+                Ok((t, unknown)) if t.kind.as_deref().is_none_or(|k| k == "TokenRequest") => {
+                    // Like the real server: a Warning per field it does not know.
+                    warnings = unknown
+                        .iter()
+                        .map(|f| format!("299 - \"unknown field \\\"{f}\\\"\""))
+                        .collect();
+                    (
+                        t.spec.audiences.unwrap_or_default(),
+                        t.spec.expiration_seconds,
+                        t.spec.bound_object_ref,
+                    )
+                }
+                Ok((t, _)) => {
+                    // The real server's decoder tries to convert the other kind.
+                    let kind = t.kind.unwrap_or_default();
+                    let version = t.api_version.unwrap_or_default();
+                    let package = version.rsplit('/').next().unwrap_or_default();
+                    return Ok(bad_request(&format!(
+                        "{kind} in version \"{version}\" cannot be handled as a TokenRequest: \
                      converting ({package}.{kind}) to (authentication.TokenRequest): unknown conversion"
-                )));
+                    )));
+                }
+                Err(e) => {
+                    return Ok(bad_request(&format!(
+                        "couldn't decode TokenRequest: json parse error: {e}"
+                    )));
+                }
             }
-            Err(e) => {
-                return Ok(bad_request(&format!(
-                    "couldn't decode TokenRequest: json parse error: {e}"
-                )));
-            }
-        },
+        }
         _ => {
             return Ok(status_resp(
                 415,
@@ -1138,6 +1147,25 @@ mod tests {
         );
         let new = token_for(&c, 1000, 2000);
         assert!(authenticate_token(&s, &c, &new, 1500.0).is_ok());
+    }
+
+    #[test]
+    fn unknown_token_request_fields_are_named_like_the_real_warnings() {
+        let body = json!({
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "metadata": {"name": "x", "whatever": 1},
+            "extra": 1,
+            "spec": {"expirationSecs": 600, "boundObjectRef": {"kind": "Node", "colour": "red"}},
+            "status": {"token": ""},
+        });
+        let mut found = Vec::new();
+        unknown_fields(&body, TOKEN_REQUEST_FIELDS, &mut found);
+        found.sort();
+        assert_eq!(
+            found,
+            ["extra", "spec.boundObjectRef.colour", "spec.expirationSecs"]
+        );
     }
 
     #[test]

@@ -291,8 +291,10 @@ impl Cluster {
     /// Whether namespace `ns` exists: the four every cluster has, and any
     /// that holds a ServiceAccount (the control endpoint may create one anywhere).
     pub fn namespace_exists(&self, ns: &str) -> bool {
-        matches!(ns, "default" | "kube-system" | "kube-public" | "kube-node-lease")
-            || lock(&self.service_accounts).keys().any(|(n, _)| n == ns)
+        matches!(
+            ns,
+            "default" | "kube-system" | "kube-public" | "kube-node-lease"
+        ) || lock(&self.service_accounts).keys().any(|(n, _)| n == ns)
     }
 
     pub fn create_service_account(&self, ns: &str, name: &str) -> bool {
