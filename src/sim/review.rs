@@ -325,24 +325,29 @@ pub(crate) async fn self_subject_access_review(
                 })
             }
         }
-        (r, _) => {
-            let field = if r.is_some() {
-                "spec.nonResourceAttributes"
-            } else {
-                "spec.resourceAttributes"
+        (r, n) => {
+            // Word for word the real server's answer (its kind is empty
+            // here): the value shown is the non-resource attributes as Go
+            // prints them, or null.
+            let value = match (r, n) {
+                (Some(_), Some(n)) => format!(
+                    "{{\"Path\":{},\"Verb\":{}}}",
+                    json!(n.path),
+                    json!(n.verb)
+                ),
+                _ => "null".to_string(),
             };
-            let cause = "Invalid value: \"null\": exactly one of nonResourceAttributes or \
-                         resourceAttributes must be specified";
+            let cause = format!(
+                "Invalid value: {value}: exactly one of nonResourceAttributes or \
+                 resourceAttributes must be specified"
+            );
             return Ok(status_resp(
                 422,
                 "Invalid",
-                &format!(
-                    "SelfSubjectAccessReview.authorization.k8s.io \"\" is invalid: {field}: {cause}"
-                ),
+                &format!(".authorization.k8s.io \"\" is invalid: spec: {cause}"),
                 Some(json!({
                     "group": "authorization.k8s.io",
-                    "kind": "SelfSubjectAccessReview",
-                    "causes": [{ "reason": "FieldValueInvalid", "message": cause, "field": field }],
+                    "causes": [{ "reason": "FieldValueInvalid", "message": cause, "field": "spec" }],
                 })),
             ));
         }
