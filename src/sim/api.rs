@@ -554,7 +554,13 @@ fn parse_token_request(
 
 /// The top-level fields of a TokenRequest, the fields each knows (`None`:
 /// not checked, like `metadata`'s), and those of `spec.boundObjectRef`.
-const TOKEN_REQUEST_FIELDS: &[(&str, Option<&[&str]>, Option<&[&str]>)] = &[
+type KnownFields = &'static [(
+    &'static str,
+    Option<&'static [&'static str]>,
+    Option<&'static [&'static str]>,
+)];
+
+const TOKEN_REQUEST_FIELDS: KnownFields = &[
     ("apiVersion", None, None),
     ("kind", None, None),
     ("metadata", None, None),
@@ -567,11 +573,7 @@ const TOKEN_REQUEST_FIELDS: &[(&str, Option<&[&str]>, Option<&[&str]>)] = &[
 ];
 
 /// Collects `spec.x`-style paths of unknown fields of a TokenRequest body.
-fn unknown_fields(
-    value: &Value,
-    fields: &[(&str, Option<&[&str]>, Option<&[&str]>)],
-    out: &mut Vec<String>,
-) {
+fn unknown_fields(value: &Value, fields: KnownFields, out: &mut Vec<String>) {
     let Some(top) = value.as_object() else {
         return;
     };

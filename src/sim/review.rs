@@ -330,11 +330,9 @@ pub(crate) async fn self_subject_access_review(
             // here): the value shown is the non-resource attributes as Go
             // prints them, or null.
             let value = match (r, n) {
-                (Some(_), Some(n)) => format!(
-                    "{{\"Path\":{},\"Verb\":{}}}",
-                    json!(n.path),
-                    json!(n.verb)
-                ),
+                (Some(_), Some(n)) => {
+                    format!("{{\"Path\":{},\"Verb\":{}}}", json!(n.path), json!(n.verb))
+                }
                 _ => "null".to_string(),
             };
             let cause = format!(
