@@ -6,22 +6,13 @@
 //! `testbed/cluster` needs (root, openssl, iproute2, the binaries of
 //! `testbed/build`): a missing piece fails them with what to run.
 
-use std::path::PathBuf;
+mod common;
+
 use std::process::{Command, Stdio};
 
-const REPO: &str = env!("CARGO_MANIFEST_DIR");
-const MCPROM: &str = env!("CARGO_BIN_EXE_mcprom");
+use common::{MCPROM, sim_binary};
 
-/// `mcprom-sim`, built next to `mcprom` (one target directory).
-fn sim() -> PathBuf {
-    let sim = PathBuf::from(MCPROM).with_file_name("mcprom-sim");
-    assert!(
-        sim.is_file(),
-        "{} is missing: build the simulator first (cargo build --bin mcprom-sim)",
-        sim.display()
-    );
-    sim
-}
+const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
 /// Runs `testbed/conformance` with `args`; (exit code, stdout).
 fn conformance(args: &[&str]) -> (i32, String) {
@@ -31,7 +22,7 @@ fn conformance(args: &[&str]) -> (i32, String) {
         .unwrap();
     let out = Command::new(format!("{REPO}/testbed/conformance"))
         .arg("--sim")
-        .arg(sim())
+        .arg(sim_binary())
         .args(["--mcprom", MCPROM])
         .arg("--dir")
         .arg(dir.path())
