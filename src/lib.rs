@@ -6,7 +6,10 @@
 //! - [`config`]: the file, its validation, [`config::Settings`].
 //! - [`schedule`]: the refresh and retry policy as pure functions.
 //! - [`token`]: the redacting [`token::Token`] and its claims.
-//! - [`issuer`]: TokenRequest through kube.
+//! - [`apiserver`]: the one way to talk to a Kubernetes API server: client
+//!   from a cluster's settings, one request with a timeout, failure reasons,
+//!   the server's message.
+//! - [`issuer`]: TokenRequest through [`apiserver`].
 //! - [`sink`]: atomic token-file writes, adoption, locks.
 //! - [`reload`]: the coalescing Prometheus reloader.
 //! - [`consumer`]: which Prometheus jobs read the token files, and whether their scrapes are rejected.
@@ -29,6 +32,7 @@
 //! State ◄── everyone
 //! ```
 
+pub mod apiserver;
 pub mod app;
 pub mod cli;
 pub mod commands;

@@ -2,7 +2,7 @@
 //! daemon talks to them, and print a checklist, changing nothing.
 //!
 //! Per cluster, with the credentials and TLS settings the daemon uses
-//! ([`issuer::kube_config`]): the API server is reachable (`GET /version`),
+//! ([`apiserver::config`]): the API server is reachable (`GET /version`),
 //! its TLS certificate verifies (and against which CA), mcprom's credential
 //! is accepted (a `SelfSubjectReview`, which also says who mcprom is), it may
 //! create tokens for the ServiceAccount (a `SelfSubjectAccessReview`), the
@@ -27,15 +27,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Method, Request};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
+use crate::apiserver::{self, Failure};
 use crate::config::{
     ClusterSettings, Credentials, PrometheusSettings, ReloadMode, ServiceAccountRef, Settings,
 };
-use crate::issuer::{self, chain};
+use crate::issuer;
 use crate::reload::{ReloadError, Reloader};
 
 /// How long one request to an API server or Prometheus may take.
@@ -75,6 +75,11 @@ pub struct Check {
     pub text: String,
     /// What to do (failures, warnings, not checked).
     pub hint: Option<String>,
+    /// For a failure in talking to the API server: its reason in the set
+    /// of `mcprom_token_refresh_errors_total`, the reason the daemon gives
+    /// the same failure ([`apiserver::Failure::reason`],
+    /// [`apiserver::status_reason`]).
+    pub reason: Option<&'static str>,
 }
 
 /// The checklist of one cluster, or of Prometheus.
@@ -99,7 +104,21 @@ impl Section {
             mark,
             text: text.into(),
             hint,
+            reason: None,
         });
+    }
+
+    /// A failure with its reason ([`Check::reason`]).
+    fn fail_because(
+        &mut self,
+        reason: &'static str,
+        text: impl Into<String>,
+        hint: impl Into<String>,
+    ) {
+        self.fail(text, hint);
+        if let Some(check) = self.checks.last_mut() {
+            check.reason = Some(reason);
+        }
     }
 
     fn pass(&mut self, text: impl Into<String>) {
@@ -251,10 +270,12 @@ pub async fn check_cluster(cluster: &ClusterSettings, mint: bool) -> Section {
 /// The API server's side, in order; returns the legacy-Secret line, which
 /// is printed last.
 async fn check_api_server(cluster: &ClusterSettings, mint: bool, s: &mut Section) -> Option<Check> {
-    let config = match issuer::kube_config(cluster, REQUEST_TIMEOUT).await {
+    let config = apiserver::config(cluster, REQUEST_TIMEOUT, crate::exec::DEFAULT_EXEC_TIMEOUT);
+    let config = match config.await {
         Ok(config) => config,
         Err(e) => {
-            s.fail(
+            s.fail_because(
+                e.reason(),
                 format!("API server not checked: mcprom's credentials cannot be loaded: {e}"),
                 "fix the files named in the cluster's [cluster.credentials] and ca_file (`mcprom check` lists them)",
             );
@@ -264,14 +285,12 @@ async fn check_api_server(cluster: &ClusterSettings, mint: bool, s: &mut Section
     let server = config.cluster_url.to_string();
     let server = server.trim_end_matches('/').to_owned();
     let trust = Trust::of(cluster, &config);
-    let api = match kube::Client::try_from(config) {
+    let api = match apiserver::client(config) {
         Ok(client) => Api { client },
         Err(e) => {
-            s.fail(
-                format!(
-                    "API server {server} not checked: cannot build a client: {}",
-                    chain(&e)
-                ),
+            s.fail_because(
+                e.reason(),
+                format!("API server {server} not checked: cannot build a client: {e}"),
                 "check the kubeconfig's TLS and proxy settings",
             );
             return None;
@@ -280,19 +299,24 @@ async fn check_api_server(cluster: &ClusterSettings, mint: bool, s: &mut Section
 
     // Reachable, and TLS.
     let (status, body) = match api.get("/version", "application/json").await {
-        Err(Transport::Tls(text)) => {
+        Err(Transport(e @ Failure::Tls(_))) => {
+            let Failure::Tls(text) = &e else {
+                unreachable!("matched above")
+            };
             s.pass(format!(
                 "API server {server} reachable (a TLS handshake was attempted)"
             ));
-            let (why, hint) = tls_failure(&text, &trust);
-            s.fail(
+            let (why, hint) = tls_failure(text, &trust);
+            s.fail_because(
+                e.reason(),
                 format!("TLS verified with {}: {why} ({text})", trust.describe()),
                 hint,
             );
             return None;
         }
         Err(e) => {
-            s.fail(
+            s.fail_because(
+                e.0.reason(),
                 format!("API server {server} reachable: {e}"),
                 "is the API server up, and is api_server (or the kubeconfig's server) right? \
                  A firewall, VPN or a missing Rancher path prefix (/k8s/clusters/c-xxxxx) also \
@@ -313,7 +337,8 @@ async fn check_api_server(cluster: &ClusterSettings, mint: bool, s: &mut Section
             }
         }
         401 => s.pass(format!("API server {server} reachable")),
-        code => s.fail(
+        code => s.fail_because(
+            apiserver::status_reason(code),
             format!(
                 "API server {server} reachable, but GET /version answered {code}: {}",
                 message(&body)
@@ -385,7 +410,8 @@ async fn check_api_server(cluster: &ClusterSettings, mint: bool, s: &mut Section
             None
         }
         Err(e) => {
-            s.fail(
+            s.fail_because(
+                e.0.reason(),
                 format!("mcprom's credential: {e}"),
                 "the API server stopped answering; run the check again",
             );
@@ -554,7 +580,8 @@ async fn mint_and_verify(cluster: &ClusterSettings, s: &mut Section) {
 const MINT_EXPIRATION: Duration = Duration::from_secs(600);
 
 fn credential_rejected(s: &mut Section, body: &[u8]) {
-    s.fail(
+    s.fail_because(
+        apiserver::status_reason(401),
         format!("mcprom's credential rejected (401 {})", message(body)),
         "renew the credential in [cluster.credentials]: an expired or revoked token, a \
          ServiceAccount that was deleted, or a client certificate from another cluster's CA",
@@ -770,7 +797,12 @@ async fn legacy_secrets(api: &Api, sa: &ServiceAccountRef) -> Option<Check> {
     let accept =
         "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json";
     let what = format!("legacy token Secrets for {sa}");
-    let check = |mark, text: String, hint: Option<String>| Check { mark, text, hint };
+    let check = |mark, text: String, hint: Option<String>| Check {
+        mark,
+        text,
+        hint,
+        reason: None,
+    };
     Some(match api.get(&path, accept).await {
         Ok((200, body)) => match serde_json::from_slice::<List>(&body) {
             Ok(list) => {
@@ -1053,99 +1085,56 @@ fn tls_failure(text: &str, trust: &Trust) -> (String, String) {
     }
 }
 
-/// A transport failure, classified for the checklist.
+/// A failure to talk to the API server ([`apiserver::Failure`]), in the
+/// checklist's words.
 #[derive(Debug)]
-enum Transport {
-    Tls(String),
-    Unreachable(String),
-    Timeout,
-}
+struct Transport(Failure);
 
 impl std::fmt::Display for Transport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Transport::Tls(text) => write!(f, "TLS failed: {text}"),
-            Transport::Unreachable(text) => f.write_str(text),
-            Transport::Timeout => write!(f, "no answer within {REQUEST_TIMEOUT:?}"),
+        match &self.0 {
+            Failure::Tls(text) => write!(f, "TLS failed: {text}"),
+            Failure::Unreachable(text) | Failure::Config(text) => f.write_str(text),
+            Failure::TimedOut(_) | Failure::Timeout(_) => {
+                write!(f, "no answer within {REQUEST_TIMEOUT:?}")
+            }
         }
-    }
-}
-
-fn classify(error: &kube::Error) -> Transport {
-    let text = chain(error);
-    let lower = text.to_ascii_lowercase();
-    if ["certificate", "tls", "handshake", "unknownissuer", "alert"]
-        .iter()
-        .any(|n| lower.contains(n))
-    {
-        Transport::Tls(text)
-    } else if lower.contains("timed out") || lower.contains("elapsed") {
-        Transport::Timeout
-    } else {
-        Transport::Unreachable(text)
     }
 }
 
 /// The server's `Status.message`, or the start of the body.
 fn message(body: &[u8]) -> String {
-    serde_json::from_slice::<Value>(body)
-        .ok()
-        .and_then(|v| v["message"].as_str().map(str::to_owned))
-        .unwrap_or_else(|| {
-            let text = String::from_utf8_lossy(&body[..body.len().min(300)])
-                .trim()
-                .to_owned();
-            if text.is_empty() {
-                "no message".into()
-            } else {
-                text
-            }
-        })
+    apiserver::message(body).unwrap_or_else(|| "no message".into())
 }
 
-/// Raw requests through the cluster's kube client.
+/// Requests through the cluster's kube client ([`apiserver::send`]).
 struct Api {
     client: kube::Client,
 }
 
 impl Api {
-    async fn send(&self, request: Request<Vec<u8>>) -> Result<(u16, bytes::Bytes), Transport> {
-        let exchange = async {
-            let response = self
-                .client
-                .send(request.map(kube::client::Body::from))
-                .await
-                .map_err(|e| classify(&e))?;
-            let (parts, body) = response.into_parts();
-            let answer = crate::outside::read_body(body, crate::outside::MAX_TOKEN_ANSWER)
-                .await
-                .map_err(|e| classify(&e))?;
-            Ok((parts.status.as_u16(), answer.bytes))
-        };
-        tokio::time::timeout(REQUEST_TIMEOUT, exchange)
-            .await
-            .unwrap_or(Err(Transport::Timeout))
+    async fn send(
+        &self,
+        request: http::Request<Vec<u8>>,
+    ) -> Result<(u16, bytes::Bytes), Transport> {
+        let answer = apiserver::send(
+            &self.client,
+            request,
+            REQUEST_TIMEOUT,
+            crate::outside::MAX_TOKEN_ANSWER,
+        )
+        .await
+        .map_err(Transport)?;
+        Ok((answer.status.as_u16(), answer.body))
     }
 
     async fn get(&self, path: &str, accept: &str) -> Result<(u16, bytes::Bytes), Transport> {
-        let request = Request::builder()
-            .method(Method::GET)
-            .uri(path)
-            .header(http::header::ACCEPT, accept)
-            .body(Vec::new())
-            .map_err(|e| Transport::Unreachable(e.to_string()))?;
-        self.send(request).await
+        self.send(apiserver::get(path, accept)).await
     }
 
     async fn post(&self, path: &str, body: &Value) -> Result<(u16, bytes::Bytes), Transport> {
-        let request = Request::builder()
-            .method(Method::POST)
-            .uri(path)
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .header(http::header::ACCEPT, "application/json")
-            .body(body.to_string().into_bytes())
-            .map_err(|e| Transport::Unreachable(e.to_string()))?;
-        self.send(request).await
+        self.send(apiserver::post_json(path, body.to_string().into_bytes()))
+            .await
     }
 }
 

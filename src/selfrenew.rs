@@ -213,15 +213,6 @@ pub fn broken_chain(
     ))
 }
 
-/// The error for a self-renewing cluster whose token file cannot be read.
-pub fn unreadable_token(cluster: &ClusterSettings, error: &io::Error) -> IssueError {
-    IssueError::Config(format!(
-        "token_file {} (the self-renewal credential): {error}; seed it: {}",
-        cluster.token_file.display(),
-        reseed_command(cluster)
-    ))
-}
-
 /// Why `mcprom seed` refused a token. Never contains the token.
 #[derive(Debug, thiserror::Error)]
 pub enum SeedError {

@@ -23,7 +23,8 @@ use kube::config::AuthInfo;
 use rustls_pki_types::{CertificateDer, pem::PemObject};
 use secrecy::ExposeSecret;
 
-use super::{comment, decode_data, kubeconfig_entry};
+use super::{comment, decode_data};
+use crate::apiserver::kubeconfig_entry;
 use crate::config::{ClusterSettings, Credentials, ServiceAccountRef};
 use crate::token::Claims;
 
