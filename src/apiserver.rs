@@ -85,7 +85,7 @@ pub fn status_reason(code: u16) -> &'static str {
 /// "tls handshake eof") is the server going away, not a verification
 /// failure.
 pub fn classify(error: &::kube::Error) -> Failure {
-    classify_text(crate::outside::error_chain(error))
+    classify_text(crate::text::chain(error))
 }
 
 fn classify_text(text: String) -> Failure {
@@ -127,7 +127,7 @@ pub async fn config(
                     Failure::Config(format!(
                         "kubeconfig {}: {}",
                         path.display(),
-                        crate::outside::error_chain(&e)
+                        crate::text::chain(&e)
                     ))
                 })?
         }
@@ -202,7 +202,7 @@ pub fn with_credential(mut config: ::kube::Config, auth: AuthInfo) -> ::kube::Co
 
 /// A kube client for `config`.
 pub fn client(config: ::kube::Config) -> Result<::kube::Client, Failure> {
-    ::kube::Client::try_from(config).map_err(|e| Failure::Config(crate::outside::error_chain(&e)))
+    ::kube::Client::try_from(config).map_err(|e| Failure::Config(crate::text::chain(&e)))
 }
 
 /// An API server's answer: status, headers, and the body up to the cap.

@@ -208,19 +208,6 @@ impl KubeIssuer {
     }
 }
 
-/// The error and all its sources on one line, made safe to show
-/// ([`crate::outside::text`]: errors quote servers, URLs and plugins).
-pub fn chain(error: &dyn std::error::Error) -> String {
-    crate::outside::error_chain(error)
-}
-
-/// A server's text on one line, capped, without control characters or
-/// secrets ([`crate::outside::text`]): a failure is one log line, whatever
-/// the server said.
-pub fn one_line(text: &str) -> String {
-    crate::outside::text(text)
-}
-
 fn parse_retry_after(value: Option<&http::HeaderValue>) -> Option<Duration> {
     let text = value?.to_str().ok()?.trim();
     if let Ok(secs) = text.parse::<u64>() {

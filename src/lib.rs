@@ -56,4 +56,5 @@ pub mod selfrenew;
 pub mod sim;
 pub mod sink;
 pub mod state;
+pub mod text;
 pub mod token;

@@ -159,13 +159,13 @@ pub async fn seed(config_path: &Path, name: &str) -> Result<(), u8> {
          self-renewal chain starts now",
         cluster.service_account,
         cluster.token_file.display(),
-        selfrenew::rfc3339(seeded.expires_at),
+        crate::text::rfc3339(seeded.expires_at),
         config::format_duration(Duration::from_secs(left.as_secs())),
     );
     if let Some(max) = cluster.max_chain_age {
         message.push_str(&format!(
             " and ends at {} (max_chain_age {})",
-            selfrenew::rfc3339(seeded.chain_started + max),
+            crate::text::rfc3339(seeded.chain_started + max),
             config::format_duration(max)
         ));
     }

@@ -145,7 +145,7 @@ impl Reloader {
         }
         let client = builder
             .build()
-            .map_err(|e| ReloadError::Other(crate::issuer::chain(&e)))?;
+            .map_err(|e| ReloadError::Other(crate::text::chain(&e)))?;
         Ok(Reloader { settings, client })
     }
 
@@ -186,9 +186,9 @@ impl Reloader {
         if error.is_timeout() {
             ReloadError::Timeout(self.settings.timeout)
         } else if error.is_connect() {
-            ReloadError::Down(self.base(), crate::issuer::chain(&error))
+            ReloadError::Down(self.base(), crate::text::chain(&error))
         } else {
-            ReloadError::Other(crate::issuer::chain(&error))
+            ReloadError::Other(crate::text::chain(&error))
         }
     }
 

@@ -383,7 +383,7 @@ impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
                             expired_reported = true;
                             error!(
                                 service_account = %self.cluster.service_account,
-                                expired_at = %jiff_time(h.expires_at),
+                                expired_at = %crate::text::rfc3339(h.expires_at),
                                 error = %message,
                                 "the token expired before a refresh succeeded: Prometheus cannot scrape this cluster until one does; retrying"
                             );
@@ -606,7 +606,7 @@ fn refuse(cluster: &ClusterSettings, issued: &IssuedToken, now: SystemTime) -> O
             message: format!(
                 "the API server issued a token that expired at {} by this host's clock: not \
                  written (compare the clocks of this host and the API server: timedatectl)",
-                jiff_time(claims.expiry())
+                crate::text::rfc3339(claims.expiry())
             ),
         });
     }
@@ -635,13 +635,6 @@ fn audiences_match(configured: &[String], claims: &Claims) -> bool {
 
 fn unix(secs: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(secs)
-}
-
-/// RFC 3339 rendering of a wall-clock time, for logs and status.
-pub fn jiff_time(t: SystemTime) -> String {
-    jiff::Timestamp::try_from(t)
-        .map(|t| t.round(jiff::Unit::Second).unwrap_or(t).to_string())
-        .unwrap_or_else(|_| "?".into())
 }
 
 /// Watch for wall-clock jumps against the monotonic clock once a minute and

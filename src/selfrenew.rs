@@ -26,6 +26,7 @@ use tracing::warn;
 use crate::config::{self, ClusterSettings, Credentials};
 use crate::issuer::IssueError;
 use crate::sink::{self, SinkError};
+use crate::text::rfc3339;
 use crate::token::{MAX_TOKEN_LEN, Token, TokenError};
 
 /// Suffix of the sidecar file that records when the chain was seeded.
@@ -316,13 +317,6 @@ pub fn seed(
         expires_at: claims.expiry(),
         chain_started: now,
     })
-}
-
-/// RFC 3339, to the second.
-pub fn rfc3339(t: SystemTime) -> String {
-    jiff::Timestamp::try_from(t)
-        .map(|t| t.round(jiff::Unit::Second).unwrap_or(t).to_string())
-        .unwrap_or_else(|_| "?".into())
 }
 
 #[cfg(test)]
