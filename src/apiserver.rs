@@ -156,12 +156,15 @@ pub async fn config(
                     config.auth_info.client_key_data = Some(b64(&key_pem).into());
                 }
                 Credentials::SelfRenew => {
+                    // The self-renewing issuer reads it first and says how
+                    // to seed it (`selfrenew::SelfRenewing`).
                     let token = input::read_token(&cluster.token_file).map_err(|e| {
                         Failure::Config(format!(
-                            "token_file {} (the self-renewal credential): {}; seed it: {}",
+                            "token_file {} (the self-renewal credential): {}; seed it with \
+                             `mcprom seed {}`",
                             cluster.token_file.display(),
                             std::io::Error::from(e),
-                            crate::selfrenew::reseed_command(cluster)
+                            cluster.name
                         ))
                     })?;
                     config.auth_info.token = Some(token.into());

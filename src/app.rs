@@ -1,11 +1,12 @@
 //! Wiring: the supervisor that owns one rotator task per cluster, the
 //! reloader, the clock watch, the token-directory locks, and shutdown.
 //!
-//! This is the only module that names the real [`KubeIssuer`], [`FileSink`]
-//! and [`Reloader`].
+//! This is the only module that names the real issuers ([`ClusterIssuer`]:
+//! [`KubeIssuer`], wrapped in [`SelfRenewing`] for `credentials.self`),
+//! [`FileSink`] and [`Reloader`].
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -17,13 +18,67 @@ use tracing::{error, info, warn};
 use crate::config::watch::{ConfigWatcher, DEBOUNCE, MAX_DEBOUNCE};
 use crate::config::{self, ClusterSettings, PrometheusSettings, ReloadMode, Settings};
 use crate::control;
-use crate::issuer::{KubeIssuer, REQUEST_TIMEOUT};
+use crate::issuer::{IssueError, Issuer, KubeIssuer, REQUEST_TIMEOUT, Review, TokenSpec};
 use crate::metrics;
 use crate::notify;
 use crate::reload::{self, ReloadQueue, Reloader};
 use crate::rotator::{self, RotateRequests, Rotator};
+use crate::selfrenew::SelfRenewing;
 use crate::sink::{self, DirLock, FileSink, LockError};
 use crate::state::{ClusterStatus, State};
+use crate::token::{IssuedToken, Token};
+
+/// The issuer of one cluster: TokenRequest through kube, wrapped for
+/// self-renewal when the cluster renews itself (`credentials.self`).
+#[derive(Debug, Clone)]
+pub enum ClusterIssuer {
+    /// mcprom's own credential for the cluster.
+    Kube(KubeIssuer),
+    /// The cluster's own token renews itself.
+    SelfRenewing(SelfRenewing<KubeIssuer>),
+}
+
+impl ClusterIssuer {
+    /// The issuer for `cluster`, configured in the file `config`: one
+    /// request may take `timeout`, an exec plugin `exec_timeout`.
+    pub fn new(
+        cluster: Arc<ClusterSettings>,
+        config: &Path,
+        timeout: Duration,
+        exec_timeout: Duration,
+    ) -> Self {
+        let kube = KubeIssuer::new(cluster.clone(), timeout).with_exec_timeout(exec_timeout);
+        match cluster.credentials {
+            config::Credentials::SelfRenew => {
+                ClusterIssuer::SelfRenewing(SelfRenewing::new(kube, cluster, config.into()))
+            }
+            _ => ClusterIssuer::Kube(kube),
+        }
+    }
+}
+
+impl Issuer for ClusterIssuer {
+    async fn issue(&self, spec: &TokenSpec) -> Result<IssuedToken, IssueError> {
+        match self {
+            ClusterIssuer::Kube(i) => i.issue(spec).await,
+            ClusterIssuer::SelfRenewing(i) => i.issue(spec).await,
+        }
+    }
+
+    async fn review(&self, token: &Token) -> Result<Review, IssueError> {
+        match self {
+            ClusterIssuer::Kube(i) => i.review(token).await,
+            ClusterIssuer::SelfRenewing(i) => i.review(token).await,
+        }
+    }
+
+    async fn verify(&self, issued: &IssuedToken) -> Result<Review, IssueError> {
+        match self {
+            ClusterIssuer::Kube(i) => i.verify(issued).await,
+            ClusterIssuer::SelfRenewing(i) => i.verify(issued).await,
+        }
+    }
+}
 
 /// How long shutdown waits for tasks (in-flight writes) before giving up.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
@@ -294,8 +349,12 @@ impl Supervisor {
             cluster.token_file.clone(),
         ));
         let rotator = Rotator {
-            issuer: KubeIssuer::new(cluster.clone(), REQUEST_TIMEOUT)
-                .with_exec_timeout(self.settings.limits.exec_timeout),
+            issuer: ClusterIssuer::new(
+                cluster.clone(),
+                &self.settings.path,
+                REQUEST_TIMEOUT,
+                self.settings.limits.exec_timeout,
+            ),
             sink: FileSink::new(
                 cluster.token_file.clone(),
                 cluster.file_mode,

@@ -11,7 +11,7 @@ use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use serde::Deserialize;
 
 use crate::apiserver::{self, Failure, status_message};
-use crate::config::{ClusterSettings, Credentials};
+use crate::config::ClusterSettings;
 use crate::token::{IssuedToken, Token};
 
 /// What to ask for.
@@ -363,20 +363,7 @@ impl Issuer for KubeIssuer {
     }
 
     async fn issue(&self, spec: &TokenSpec) -> Result<IssuedToken, IssueError> {
-        if !matches!(self.cluster.credentials, Credentials::SelfRenew) {
-            return self.request(spec).await;
-        }
-        // Self-renewal: the chain may have reached its age limit, and a 401
-        // means the chain is broken, which only a new seed repairs.
-        crate::selfrenew::check_chain(&self.cluster, SystemTime::now())?;
-        match self.request(spec).await {
-            Err(IssueError::Unauthorized(message)) => Err(crate::selfrenew::broken_chain(
-                &self.cluster,
-                &message,
-                SystemTime::now(),
-            )),
-            other => other,
-        }
+        self.request(spec).await
     }
 }
 
@@ -499,11 +486,7 @@ impl KubeIssuer {
             });
         }
         let mut issued = interpret_response(answer.status, &answer.headers, &answer.body, sent)?;
-        issued.credential_expires_at = match self.cluster.credentials {
-            // The credential is the token just issued.
-            Credentials::SelfRenew => Some(issued.claims.expiry()),
-            _ => credential_expires_at,
-        };
+        issued.credential_expires_at = credential_expires_at;
         Ok(issued)
     }
 }

@@ -41,6 +41,7 @@ pub mod consumer;
 pub mod control;
 pub mod demo;
 pub mod exec;
+pub mod exit;
 pub mod issuer;
 pub mod logging;
 pub mod metrics;

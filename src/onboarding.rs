@@ -1,15 +1,15 @@
 //! From config to a monitored cluster: the commands `mcprom rbac`,
 //! `mcprom scrape-config` and `mcprom seed`. Each returns its exit code
-//! (see [`crate::cli::exit`]): 0 done, 1 failed, 2 no such cluster, 78 the
+//! (see [`crate::exit`]): 0 done, 1 failed, 2 no such cluster, 78 the
 //! config file is unusable. Output goes to stdout, advice to stderr.
 
 use std::io::{IsTerminal as _, Write as _};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use crate::cli::exit;
 use crate::config::{self, Settings};
 use crate::control::{self, ClientError, Request, Response, RotateResult};
+use crate::exit;
 use crate::render::{self, RenderError, rbac, scrape};
 use crate::selfrenew;
 
@@ -145,7 +145,7 @@ pub async fn seed(config_path: &Path, name: &str) -> Result<(), u8> {
         eprintln!(
             "paste the token for {} and end with Ctrl-D (or pipe it: {})",
             cluster.service_account,
-            selfrenew::reseed_command(cluster)
+            selfrenew::reseed_command(&settings.path, cluster)
         );
     }
     let now = SystemTime::now();

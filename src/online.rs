@@ -202,16 +202,18 @@ impl std::fmt::Display for Summary {
 /// and those before it are done, then the totals.
 pub async fn run(settings: &Settings, mint: bool) -> Summary {
     let limit = Arc::new(Semaphore::new(settings.limits.concurrent_requests.max(1)));
+    let config_file: Arc<Path> = settings.path.as_path().into();
     let mut sections: Vec<_> = settings
         .clusters
         .iter()
         .map(|cluster| {
             let cluster = cluster.clone();
             let limit = limit.clone();
+            let config = config_file.clone();
             let title = cluster_title(&cluster);
             let task = tokio::spawn(async move {
                 let _permit = limit.acquire_owned().await;
-                check_cluster(&cluster, mint).await
+                check_cluster(&cluster, &config, mint).await
             });
             (title, task)
         })
@@ -249,9 +251,12 @@ fn cluster_title(cluster: &ClusterSettings) -> String {
 }
 
 /// Every check of one cluster.
-pub async fn check_cluster(cluster: &ClusterSettings, mint: bool) -> Section {
+///
+/// `config` is the file the cluster comes from (named in the re-seed
+/// instruction of a self-renewing cluster).
+pub async fn check_cluster(cluster: &ClusterSettings, config: &Path, mint: bool) -> Section {
     let mut section = Section::new(cluster_title(cluster));
-    let legacy = check_api_server(cluster, mint, &mut section).await;
+    let legacy = check_api_server(cluster, config, mint, &mut section).await;
     let local = {
         let cluster = cluster.clone();
         tokio::task::spawn_blocking(move || local_checks(&cluster)).await
@@ -269,7 +274,12 @@ pub async fn check_cluster(cluster: &ClusterSettings, mint: bool) -> Section {
 
 /// The API server's side, in order; returns the legacy-Secret line, which
 /// is printed last.
-async fn check_api_server(cluster: &ClusterSettings, mint: bool, s: &mut Section) -> Option<Check> {
+async fn check_api_server(
+    cluster: &ClusterSettings,
+    config_file: &Path,
+    mint: bool,
+    s: &mut Section,
+) -> Option<Check> {
     let config = apiserver::config(cluster, REQUEST_TIMEOUT, crate::exec::DEFAULT_EXEC_TIMEOUT);
     let config = match config.await {
         Ok(config) => config,
@@ -426,7 +436,7 @@ async fn check_api_server(cluster: &ClusterSettings, mint: bool, s: &mut Section
     review_token_file(cluster, s).await;
     let legacy = legacy_secrets(&api, &cluster.service_account).await;
     if mint {
-        mint_and_verify(cluster, s).await;
+        mint_and_verify(cluster, config_file, s).await;
     }
     legacy
 }
@@ -536,10 +546,16 @@ async fn review_token_file(cluster: &ClusterSettings, s: &mut Section) {
 }
 
 /// `--mint`: one 10-minute token, reviewed for identity and audience,
-/// written nowhere.
-async fn mint_and_verify(cluster: &ClusterSettings, s: &mut Section) {
+/// written nowhere. Self-renewing clusters renew through the daemon's
+/// wrapper (`config` names the file in its re-seed instructions).
+async fn mint_and_verify(cluster: &ClusterSettings, config: &Path, s: &mut Section) {
     use crate::issuer::Issuer as _;
-    let issuer = issuer::KubeIssuer::new(Arc::new(cluster.clone()), REQUEST_TIMEOUT);
+    let issuer = crate::app::ClusterIssuer::new(
+        Arc::new(cluster.clone()),
+        config,
+        REQUEST_TIMEOUT,
+        crate::exec::DEFAULT_EXEC_TIMEOUT,
+    );
     let spec = issuer::TokenSpec {
         expiration: MINT_EXPIRATION,
         audiences: cluster.audiences.clone(),

@@ -888,7 +888,7 @@ async fn the_daemon_and_the_checklist_give_each_failure_the_same_reason() {
             .issue(&spec)
             .await
             .expect_err("the TokenRequest must fail");
-        let section = mcprom::online::check_cluster(&cluster, false).await;
+        let section = mcprom::online::check_cluster(&cluster, &config, false).await;
         let failed = section
             .checks
             .iter()

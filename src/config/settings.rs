@@ -4,7 +4,7 @@
 //! absolute (relative paths in the file are resolved against the config
 //! file's directory), every duration a [`Duration`], every URL a [`Url`].
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use url::Url;
@@ -200,5 +200,51 @@ impl ClusterSettings {
             Credentials::SelfRenew => {}
         }
         files
+    }
+}
+
+/// How to invoke mcprom with the config file `config`: `mcprom`, or
+/// `mcprom --config PATH` when it is not the default.
+pub fn mcprom_command(config: &Path) -> String {
+    if config == Path::new(super::DEFAULT_PATH) {
+        "mcprom".to_owned()
+    } else {
+        format!("mcprom --config {}", shell_word(&config.to_string_lossy()))
+    }
+}
+
+/// The exact command that re-seeds `cluster`, e.g.
+/// `kubectl create token prometheus -n kube-system --duration 24h | mcprom seed prod`.
+pub fn reseed_command(config: &Path, cluster: &ClusterSettings) -> String {
+    format!(
+        "kubectl create token {} -n {} --duration 24h | {} seed {}",
+        cluster.service_account.name,
+        cluster.service_account.namespace,
+        mcprom_command(config),
+        cluster.name
+    )
+}
+
+/// Quote `word` for a POSIX shell when it needs it.
+fn shell_word(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-+:=@,".contains(&b));
+    if plain {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reseed_command_quotes_what_a_shell_would_split() {
+        assert_eq!(shell_word("/etc/mcprom.toml"), "/etc/mcprom.toml");
+        assert_eq!(shell_word("/tmp/a b/it's.toml"), r"'/tmp/a b/it'\''s.toml'");
     }
 }

@@ -393,7 +393,7 @@ impl Manifests {
                  The ServiceAccount whose short-lived tokens Prometheus scrapes with.",
                 cluster = self.cluster,
                 config = config.display(),
-                mcprom = crate::selfrenew::mcprom_command(),
+                mcprom = crate::selfrenew::mcprom_command(config),
             ),
             to_yaml(&self.service_account)?,
         );
