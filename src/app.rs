@@ -146,7 +146,7 @@ impl Supervisor {
         let mut supervisor = Supervisor {
             state,
             queue: ReloadQueue::new(),
-            limiter: Arc::new(Semaphore::new(settings.limits.concurrent_requests.max(1))),
+            limiter: Arc::new(Semaphore::new(settings.limits.concurrent_requests.get())),
             clock_jumps,
             tracker,
             cancel,
@@ -397,7 +397,7 @@ impl Supervisor {
             // One semaphore bounds every rotator: a new limit means new
             // rotators. They adopt the tokens on disk, so this costs no
             // TokenRequest.
-            self.limiter = Arc::new(Semaphore::new(settings.limits.concurrent_requests.max(1)));
+            self.limiter = Arc::new(Semaphore::new(settings.limits.concurrent_requests.get()));
             for running in std::mem::take(&mut self.clusters).into_values() {
                 running.cancel.cancel();
             }

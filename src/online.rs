@@ -201,7 +201,7 @@ impl std::fmt::Display for Summary {
 /// Prometheus, print each section to stdout in config order as soon as it
 /// and those before it are done, then the totals.
 pub async fn run(settings: &Settings, mint: bool) -> Summary {
-    let limit = Arc::new(Semaphore::new(settings.limits.concurrent_requests.max(1)));
+    let limit = Arc::new(Semaphore::new(settings.limits.concurrent_requests.get()));
     let config_file: Arc<Path> = settings.path.as_path().into();
     let mut sections: Vec<_> = settings
         .clusters

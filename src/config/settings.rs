@@ -4,6 +4,7 @@
 //! absolute (relative paths in the file are resolved against the config
 //! file's directory), every duration a [`Duration`], every URL a [`Url`].
 
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -74,7 +75,7 @@ pub struct ControlSettings {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
     /// TokenRequests in flight at once across all clusters (default 32, ≥ 1).
-    pub concurrent_requests: usize,
+    pub concurrent_requests: NonZeroUsize,
     /// How long one kubeconfig exec plugin run may take before its process
     /// group is killed (default 30 s).
     pub exec_timeout: std::time::Duration,

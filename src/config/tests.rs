@@ -588,7 +588,7 @@ fn defaults_are_applied() {
         settings.control.socket,
         PathBuf::from("/run/mcprom/control.sock")
     );
-    assert_eq!(settings.limits.concurrent_requests, 32);
+    assert_eq!(settings.limits.concurrent_requests.get(), 32);
     let c = &settings.clusters[0];
     assert_eq!(
         **c,
