@@ -8,9 +8,10 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::Notify;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -302,14 +303,6 @@ pub fn reload_outcome(status: u16, body: &str, base: &str) -> Result<(), ReloadE
     })
 }
 
-/// Delay after the `failures`-th failed reload in a row.
-pub fn reload_backoff(error: &ReloadError, failures: u32) -> Duration {
-    if error.needs_operator() {
-        return Duration::from_secs(300);
-    }
-    Duration::from_secs(1u64 << failures.min(8)).min(Duration::from_secs(300))
-}
-
 /// The reloader loop. Runs until `cancel`.
 pub async fn run(
     reloader: Reloader,
@@ -362,7 +355,7 @@ pub async fn run(
                 });
             }
             Err(error) => {
-                let retry_in = reload_backoff(&error, failures);
+                let retry_in = crate::schedule::reload_backoff(failures, error.needs_operator());
                 failures = failures.saturating_add(1);
                 warn!(error = %error, retry_in = ?retry_in, "prometheus reload failed");
                 state.update_reloads(|r| {
