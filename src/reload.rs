@@ -303,6 +303,12 @@ pub fn reload_outcome(status: u16, body: &str, base: &str) -> Result<(), ReloadE
     })
 }
 
+/// Delay after the `failures`-th failed reload in a row
+/// ([`crate::schedule::reload_backoff`]).
+pub fn reload_backoff(error: &ReloadError, failures: u32) -> Duration {
+    crate::schedule::reload_backoff(failures, error.needs_operator())
+}
+
 /// The reloader loop. Runs until `cancel`.
 pub async fn run(
     reloader: Reloader,
@@ -355,7 +361,7 @@ pub async fn run(
                 });
             }
             Err(error) => {
-                let retry_in = crate::schedule::reload_backoff(failures, error.needs_operator());
+                let retry_in = reload_backoff(&error, failures);
                 failures = failures.saturating_add(1);
                 warn!(error = %error, retry_in = ?retry_in, "prometheus reload failed");
                 state.update_reloads(|r| {
