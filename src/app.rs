@@ -111,6 +111,8 @@ pub struct Supervisor {
     queue: ReloadQueue,
     limiter: Arc<Semaphore>,
     clock_jumps: watch::Receiver<u64>,
+    /// The wall clock every rotator and the clock watch read.
+    wall: crate::clock::Wall,
     tracker: TaskTracker,
     cancel: CancellationToken,
     clusters: BTreeMap<String, RunningCluster>,
@@ -138,9 +140,11 @@ impl Supervisor {
         }
         let tracker = TaskTracker::new();
         let (jumps_tx, clock_jumps) = watch::channel(0);
+        let wall = crate::clock::system();
         tracker.spawn(rotator::watch_clock(
             jumps_tx,
             CLOCK_CHECK_PERIOD,
+            wall.clone(),
             cancel.clone(),
         ));
         let mut supervisor = Supervisor {
@@ -148,6 +152,7 @@ impl Supervisor {
             queue: ReloadQueue::new(),
             limiter: Arc::new(Semaphore::new(settings.limits.concurrent_requests.get())),
             clock_jumps,
+            wall,
             tracker,
             cancel,
             clusters: BTreeMap::new(),
@@ -364,6 +369,7 @@ impl Supervisor {
             state: self.state.clone(),
             limiter: self.limiter.clone(),
             clock_jumps: self.clock_jumps.clone(),
+            wall: self.wall.clone(),
             commands: commands.clone(),
             cancel: cancel.clone(),
             cluster: cluster.clone(),

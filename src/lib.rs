@@ -35,6 +35,7 @@
 pub mod apiserver;
 pub mod app;
 pub mod cli;
+pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod consumer;

@@ -15,6 +15,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
+use crate::clock::Wall;
 use crate::config::{ClusterSettings, Credentials};
 use crate::issuer::{IssueError, Issuer, Review, TokenSpec};
 use crate::reload::ReloadRequest;
@@ -125,8 +126,8 @@ impl Held {
     /// of the wall-clock view (`exp − now`) and the monotonic one (`sent +
     /// lifetime − now`). The monotonic view is immune to a skewed local
     /// clock and is what paused-clock tests control.
-    fn time_left(&self) -> Option<Duration> {
-        let wall = self.expires_at.duration_since(SystemTime::now()).ok();
+    fn time_left(&self, wall_now: SystemTime) -> Option<Duration> {
+        let wall = self.expires_at.duration_since(wall_now).ok();
         let mono = match self.valid_until {
             Some(until) => until.checked_duration_since(Instant::now()),
             None => return wall,
@@ -146,10 +147,10 @@ struct Plan {
 }
 
 impl Plan {
-    fn in_(delay: Duration) -> Plan {
+    fn in_(delay: Duration, wall_now: SystemTime) -> Plan {
         Plan {
             at: Instant::now() + delay,
-            at_wall: SystemTime::now() + delay,
+            at_wall: wall_now + delay,
         }
     }
 
@@ -181,6 +182,8 @@ pub struct Rotator<I, S, R> {
     pub commands: Arc<RotateRequests>,
     /// Stops the loop (in-flight writes still finish).
     pub cancel: CancellationToken,
+    /// The wall clock ([`crate::clock::system`] but in tests).
+    pub wall: Wall,
 }
 
 impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
@@ -214,7 +217,7 @@ impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
                 }
                 plan
             }
-            None => Plan::in_(Duration::ZERO),
+            None => Plan::in_(Duration::ZERO, self.wall.now()),
         };
         let mut unsupported_logged = false;
         let mut attempt: u32 = 0;
@@ -247,7 +250,7 @@ impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
                             // re-mint the server rejects again goes through
                             // the ordinary backoff.
                             if plan.at > Instant::now() {
-                                plan = Plan::in_(Duration::ZERO);
+                                plan = Plan::in_(Duration::ZERO, self.wall.now());
                             }
                             attempt = 0;
                         }
@@ -262,7 +265,7 @@ impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
                     continue;
                 }
                 Ok(()) = self.clock_jumps.changed() => {
-                    if SystemTime::now() < plan.at_wall {
+                    if self.wall.now() < plan.at_wall {
                         continue;
                     }
                     info!("the wall clock passed the planned refresh (suspend or clock jump): refreshing now");
@@ -327,7 +330,7 @@ impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
                         expires_at,
                         valid_until: Some(sent + issued.lifetime),
                     });
-                    let now = SystemTime::now();
+                    let now = self.wall.now();
                     self.state.update(&name, |s| {
                         s.state = Phase::Fresh;
                         s.expires_at = Some(expires_at);
@@ -353,7 +356,7 @@ impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
                     }
                 }
                 Err(error) => {
-                    let time_left = held.and_then(|h| h.time_left());
+                    let time_left = held.and_then(|h| h.time_left(self.wall.now()));
                     let delay = schedule::backoff(
                         attempt,
                         time_left,
@@ -361,7 +364,7 @@ impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
                         rand::rng().random(),
                     );
                     attempt = attempt.saturating_add(1);
-                    plan = Plan::in_(delay);
+                    plan = Plan::in_(delay, self.wall.now());
                     let phase = match (&error, time_left) {
                         (_, Some(_)) => Phase::Backoff,
                         (AttemptError::Issue(IssueError::Config(_)), None) => Phase::Error,
@@ -423,7 +426,7 @@ impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
             }
         }
         let lifetime = claims.lifetime()?;
-        let now = SystemTime::now();
+        let now = self.wall.now();
         let issued = unix(claims.issued_at?);
         let age = now.duration_since(issued).unwrap_or_default();
         let delay = schedule::adopt(lifetime, age, cluster.refresh_at, draw)?;
@@ -445,7 +448,7 @@ impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
                 expires_at,
                 valid_until: None,
             },
-            Plan::in_(delay),
+            Plan::in_(delay, now),
         ))
     }
 
@@ -462,7 +465,7 @@ impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
         self.state
             .update(&self.cluster.name, |s| s.state = Phase::Refreshing);
         let sent = Instant::now();
-        let sent_wall = SystemTime::now();
+        let sent_wall = self.wall.now();
         let issued = tokio::select! {
             () = self.cancel.cancelled() => return None,
             issued = self.issuer.issue(&spec) => issued,
@@ -471,7 +474,7 @@ impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
             Ok(issued) => issued,
             Err(e) => return Some(Err(e.into())),
         };
-        if let Some(refused) = refuse(&self.cluster, &issued, SystemTime::now()) {
+        if let Some(refused) = refuse(&self.cluster, &issued, self.wall.now()) {
             return Some(Err(refused.into()));
         }
         let review = if self.cluster.verify.enabled {
@@ -510,7 +513,7 @@ impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
         let Some(token) = self
             .sink
             .current()
-            .filter(|t| t.claims().is_ok_and(|c| c.expiry() > SystemTime::now()))
+            .filter(|t| t.claims().is_ok_and(|c| c.expiry() > self.wall.now()))
         else {
             return Some(CheckOutcome::Keep(next));
         };
@@ -526,14 +529,14 @@ impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
         let name = &self.cluster.name;
         match verdict {
             Ok(Review::Confirmed) => {
-                let now = SystemTime::now();
+                let now = self.wall.now();
                 self.state.update(name, |s| s.verified_at = Some(now));
                 Some(CheckOutcome::Keep(next))
             }
             Ok(Review::Authenticated) => Some(CheckOutcome::Keep(next)),
             Ok(Review::Unsupported) => Some(CheckOutcome::Keep(None)),
             Err(IssueError::Rejected(why)) => {
-                let now = SystemTime::now();
+                let now = self.wall.now();
                 let expires_in = token
                     .claims()
                     .ok()
@@ -640,16 +643,21 @@ fn unix(secs: u64) -> SystemTime {
 /// Watch for wall-clock jumps against the monotonic clock once a minute and
 /// bump `jumps` when one happens (suspend/resume, a stepped clock). One task
 /// for all clusters: idle rotators are not woken otherwise.
-pub async fn watch_clock(jumps: watch::Sender<u64>, period: Duration, cancel: CancellationToken) {
+pub async fn watch_clock(
+    jumps: watch::Sender<u64>,
+    period: Duration,
+    clock: Wall,
+    cancel: CancellationToken,
+) {
     let tolerance = Duration::from_secs(5);
     let mut mono = Instant::now();
-    let mut wall = SystemTime::now();
+    let mut wall = clock.now();
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,
             () = tokio::time::sleep(period) => {}
         }
-        let (mono_now, wall_now) = (Instant::now(), SystemTime::now());
+        let (mono_now, wall_now) = (Instant::now(), clock.now());
         let mono_elapsed = mono_now - mono;
         let jumped = match wall_now.duration_since(wall) {
             Ok(wall_elapsed) => {
@@ -784,10 +792,14 @@ mod tests {
         handle: tokio::task::JoinHandle<()>,
         state: Arc<State>,
         commands: Arc<RotateRequests>,
-        _jumps: watch::Sender<u64>,
+        jumps: Option<watch::Sender<u64>>,
     }
 
     fn start(fail: Vec<usize>, sink: MemorySink) -> Harness {
+        start_with(fail, sink, crate::clock::system())
+    }
+
+    fn start_with(fail: Vec<usize>, sink: MemorySink, wall: Wall) -> Harness {
         let calls = Arc::new(AtomicUsize::new(0));
         let rejecting = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let state = Arc::new(State::default());
@@ -815,6 +827,7 @@ mod tests {
             clock_jumps,
             commands: commands.clone(),
             cancel: cancel.clone(),
+            wall,
         };
         Harness {
             calls,
@@ -825,8 +838,66 @@ mod tests {
             handle: tokio::spawn(rotator.run()),
             state,
             commands,
-            _jumps: jumps,
+            jumps: Some(jumps),
         }
+    }
+
+    /// A wall clock that runs with tokio's (paused) clock from the real time
+    /// at its creation, and that a test steps forward as a suspend would.
+    struct SteppedClock {
+        base: SystemTime,
+        start: Instant,
+        steps: Mutex<Duration>,
+    }
+
+    impl SteppedClock {
+        fn new() -> Arc<Self> {
+            Arc::new(SteppedClock {
+                base: SystemTime::now(),
+                start: Instant::now(),
+                steps: Mutex::new(Duration::ZERO),
+            })
+        }
+
+        fn step(&self, by: Duration) {
+            *self.steps.lock().unwrap() += by;
+        }
+    }
+
+    impl crate::clock::WallClock for SteppedClock {
+        fn now(&self) -> SystemTime {
+            self.base + self.start.elapsed() + *self.steps.lock().unwrap()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wall_clock_jump_past_the_planned_refresh_refreshes_at_once() {
+        let clock = SteppedClock::new();
+        let mut h = start_with(vec![], MemorySink::default(), clock.clone());
+        tokio::spawn(watch_clock(
+            h.jumps.take().unwrap(),
+            Duration::from_secs(60),
+            clock.clone(),
+            h.cancel.clone(),
+        ));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(h.calls.load(Ordering::SeqCst), 1);
+        // Suspended for 10 minutes: the wall clock moved, tokio's did not.
+        // The refresh (46 to 48 minutes after the request) is still ahead.
+        clock.step(Duration::from_secs(10 * 60));
+        tokio::time::sleep(Duration::from_secs(2 * 60)).await;
+        assert_eq!(h.calls.load(Ordering::SeqCst), 1, "the refresh is ahead");
+        // 40 more minutes: on the wall clock the refresh is past (about 53
+        // minutes after the request), on tokio's clock 3 minutes have gone.
+        clock.step(Duration::from_secs(40 * 60));
+        tokio::time::sleep(Duration::from_secs(2 * 60)).await;
+        assert_eq!(
+            h.calls.load(Ordering::SeqCst),
+            2,
+            "refreshed once the jump was seen"
+        );
+        h.cancel.cancel();
+        h.handle.await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]
@@ -949,21 +1020,21 @@ mod tests {
             expires_at: now + Duration::from_secs(3600),
             valid_until: Some(Instant::now() + Duration::from_secs(600)),
         };
-        let left = held.time_left().unwrap();
+        let left = held.time_left(SystemTime::now()).unwrap();
         assert!(left <= Duration::from_secs(600), "{left:?}");
         // Paused time moves the monotonic clock only: the token runs out on it.
         tokio::time::advance(Duration::from_secs(601)).await;
-        assert_eq!(held.time_left(), None);
+        assert_eq!(held.time_left(SystemTime::now()), None);
         let adopted = Held {
             expires_at: now + Duration::from_secs(60),
             valid_until: None,
         };
-        assert!(adopted.time_left().unwrap() <= Duration::from_secs(60));
+        assert!(adopted.time_left(SystemTime::now()).unwrap() <= Duration::from_secs(60));
         let expired = Held {
             expires_at: now - Duration::from_secs(1),
             valid_until: Some(Instant::now() + Duration::from_secs(60)),
         };
-        assert_eq!(expired.time_left(), None);
+        assert_eq!(expired.time_left(SystemTime::now()), None);
     }
 
     #[test]
