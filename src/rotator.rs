@@ -162,6 +162,22 @@ impl Plan {
     }
 }
 
+/// What one rotation loop carries from one round to the next.
+struct Progress {
+    /// The token in the file, as far as the loop knows it.
+    held: Option<Held>,
+    /// When the token in use is next reviewed (a SelfSubjectReview made
+    /// with it); `None`: not planned.
+    check: Option<Instant>,
+    /// The next attempt.
+    plan: Plan,
+    /// Failed attempts in a row.
+    attempt: u32,
+    unsupported_logged: bool,
+    shortened_logged: bool,
+    expired_reported: bool,
+}
+
 /// One cluster's rotation loop and what it needs.
 pub struct Rotator<I, S, R> {
     /// The cluster.
@@ -198,11 +214,10 @@ impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
         // Jitter draws come from the thread's generator: a generator per
         // cluster would add ~320 bytes to every idle rotator.
         let mut held = None;
-        // When the token in use is next reviewed (SelfSubjectReview with
-        // it); `None`: not planned. An adopted token's first review is
-        // spread over one interval, so 10,000 clusters do not ask at once.
+        // An adopted token's first review is spread over one interval, so
+        // 10,000 clusters do not ask at once.
         let mut check: Option<Instant> = None;
-        let mut plan = match self.adopt(rand::rng().random()) {
+        let plan = match self.adopt(rand::rng().random()) {
             Some((h, plan)) => {
                 held = Some(h);
                 if self.cluster.verify.enabled {
@@ -219,27 +234,32 @@ impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
             }
             None => Plan::in_(Duration::ZERO, self.wall.now()),
         };
-        let mut unsupported_logged = false;
-        let mut attempt: u32 = 0;
-        let mut shortened_logged = false;
-        let mut expired_reported = false;
+        let mut p = Progress {
+            held,
+            check,
+            plan,
+            attempt: 0,
+            unsupported_logged: false,
+            shortened_logged: false,
+            expired_reported: false,
+        };
         let name = self.cluster.name.clone();
 
         loop {
             self.state
-                .update(&name, |s| s.next_refresh = Some(plan.at_wall));
+                .update(&name, |s| s.next_refresh = Some(p.plan.at_wall));
             let mut reply = Vec::new();
-            let check_at = check.filter(|at| *at < plan.at);
+            let check_at = p.check.filter(|at| *at < p.plan.at);
             tokio::select! {
                 () = self.cancel.cancelled() => break,
                 () = sleep_until_some(check_at) => {
-                    check = None;
+                    p.check = None;
                     match Box::pin(self.check_token()).await {
                         None => break,
                         Some(CheckOutcome::Keep(next)) => {
-                            check = next.map(|d| Instant::now() + d);
-                            if next.is_none() && !unsupported_logged {
-                                unsupported_logged = true;
+                            p.check = next.map(|d| Instant::now() + d);
+                            if next.is_none() && !p.unsupported_logged {
+                                p.unsupported_logged = true;
                                 info!("the API server has no SelfSubjectReview (Kubernetes before 1.28): tokens are not verified");
                             }
                         }
@@ -249,23 +269,23 @@ impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
                             // most once per verify_interval (≥ 10 s), and a
                             // re-mint the server rejects again goes through
                             // the ordinary backoff.
-                            if plan.at > Instant::now() {
-                                plan = Plan::in_(Duration::ZERO, self.wall.now());
+                            if p.plan.at > Instant::now() {
+                                p.plan = Plan::in_(Duration::ZERO, self.wall.now());
                             }
-                            attempt = 0;
+                            p.attempt = 0;
                         }
                     }
                     continue;
                 }
-                () = tokio::time::sleep_until(plan.at) => {}
+                () = tokio::time::sleep_until(p.plan.at) => {}
                 () = self.commands.review.notified(), if self.cluster.verify.enabled => {
                     // A consumer saw its scrapes refused: review now
                     // (at most once per consumer read, every few minutes).
-                    check = Some(Instant::now());
+                    p.check = Some(Instant::now());
                     continue;
                 }
                 Ok(()) = self.clock_jumps.changed() => {
-                    if self.wall.now() < plan.at_wall {
+                    if self.wall.now() < p.plan.at_wall {
                         continue;
                     }
                     info!("the wall clock passed the planned refresh (suspend or clock jump): refreshing now");
@@ -296,117 +316,134 @@ impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
             };
             match outcome {
                 Ok((issued, sent, sent_wall, review)) => {
-                    attempt = 0;
-                    let verified = review == Some(Review::Confirmed);
-                    check = match review {
-                        Some(Review::Unsupported) | None => None,
-                        Some(_) => Some(Instant::now() + jittered(self.cluster.verify.interval)),
-                    };
-                    if review == Some(Review::Unsupported) && !unsupported_logged {
-                        unsupported_logged = true;
-                        info!(
-                            "the API server has no SelfSubjectReview (Kubernetes before 1.28): new tokens are written unverified"
-                        );
-                    }
-                    expired_reported = false;
-                    let requested = self.cluster.expiration;
-                    if schedule::is_shortened(requested, issued.lifetime) && !shortened_logged {
-                        shortened_logged = true;
-                        warn!(
-                            requested = ?requested,
-                            granted = ?issued.lifetime,
-                            server_warning = issued.warning.as_deref().unwrap_or(""),
-                            "the API server granted a shorter lifetime than requested (its --service-account-max-token-expiration); refreshing on the granted lifetime"
-                        );
-                    }
-                    let delay = schedule::refresh_after(
-                        issued.lifetime,
-                        self.cluster.refresh_at,
-                        rand::rng().random(),
-                    );
-                    plan = Plan::from(sent, sent_wall, delay);
-                    let expires_at = issued.claims.expiry();
-                    held = Some(Held {
-                        expires_at,
-                        valid_until: Some(sent + issued.lifetime),
-                    });
-                    let now = self.wall.now();
-                    self.state.update(&name, |s| {
-                        s.state = Phase::Fresh;
-                        s.expires_at = Some(expires_at);
-                        s.issued_at = issued.claims.issued_at.map(unix);
-                        s.last_refresh = Some(now);
-                        s.next_refresh = Some(plan.at_wall);
-                        s.last_error = None;
-                        s.settled = true;
-                        s.refreshes += 1;
-                        s.credential_expires_at = issued.credential_expires_at;
-                        s.rejected_since = None;
-                        s.verified_at = verified.then_some(now);
-                    });
-                    info!(
-                        service_account = %self.cluster.service_account,
-                        expires_in = ?Duration::from_secs(expires_at.duration_since(now).unwrap_or_default().as_secs()),
-                        next_refresh_in = ?Duration::from_secs(delay.as_secs()),
-                        "token refreshed"
-                    );
-                    self.reload.request_reload();
-                    for tx in reply {
-                        let _ = tx.send(Ok(()));
-                    }
+                    self.succeeded(&mut p, issued, (sent, sent_wall), review, reply);
                 }
-                Err(error) => {
-                    let time_left = held.and_then(|h| h.time_left(self.wall.now()));
-                    let delay = schedule::backoff(
-                        attempt,
-                        time_left,
-                        retry_after(&error),
-                        rand::rng().random(),
-                    );
-                    attempt = attempt.saturating_add(1);
-                    plan = Plan::in_(delay, self.wall.now());
-                    let phase = match (&error, time_left) {
-                        (_, Some(_)) => Phase::Backoff,
-                        (AttemptError::Issue(IssueError::Config(_)), None) => Phase::Error,
-                        (_, None) => Phase::Expired,
-                    };
-                    let label = error.metric_label();
-                    // The one choke point before the log, status and the
-                    // control socket: whatever the error quotes is shown safely.
-                    let message = crate::outside::text(&error.to_string());
-                    self.state.update(&name, |s| {
-                        s.state = phase;
-                        s.last_error = Some(message.clone());
-                        s.next_refresh = Some(plan.at_wall);
-                        s.settled = true;
-                        *s.errors.entry(label).or_default() += 1;
-                    });
-                    match (held, time_left) {
-                        (Some(h), None) if !expired_reported => {
-                            expired_reported = true;
-                            error!(
-                                service_account = %self.cluster.service_account,
-                                expired_at = %crate::text::rfc3339(h.expires_at),
-                                error = %message,
-                                "the token expired before a refresh succeeded: Prometheus cannot scrape this cluster until one does; retrying"
-                            );
-                        }
-                        _ => warn!(
-                            service_account = %self.cluster.service_account,
-                            reason = label,
-                            error = %message,
-                            expires_in = %time_left.map_or_else(|| "expired".to_owned(), |d| format!("{:?}", Duration::from_secs(d.as_secs()))),
-                            retry_in = ?Duration::from_millis(delay.as_millis() as u64),
-                            "token refresh failed; keeping the current token"
-                        ),
-                    }
-                    for tx in reply {
-                        let _ = tx.send(Err(message.clone()));
-                    }
-                }
+                Err(error) => self.failed(&mut p, &error, reply),
             }
         }
         debug!("rotator stopped");
+    }
+
+    /// After a new token was written: plan its refresh and its next
+    /// review, update the status, ask for a reload, answer `reply`.
+    fn succeeded(
+        &self,
+        p: &mut Progress,
+        issued: IssuedToken,
+        (sent, sent_wall): (Instant, SystemTime),
+        review: Option<Review>,
+        reply: Vec<RotateReply>,
+    ) {
+        p.attempt = 0;
+        let verified = review == Some(Review::Confirmed);
+        p.check = match review {
+            Some(Review::Unsupported) | None => None,
+            Some(_) => Some(Instant::now() + jittered(self.cluster.verify.interval)),
+        };
+        if review == Some(Review::Unsupported) && !p.unsupported_logged {
+            p.unsupported_logged = true;
+            info!(
+                "the API server has no SelfSubjectReview (Kubernetes before 1.28): new tokens are written unverified"
+            );
+        }
+        p.expired_reported = false;
+        let requested = self.cluster.expiration;
+        if schedule::is_shortened(requested, issued.lifetime) && !p.shortened_logged {
+            p.shortened_logged = true;
+            warn!(
+                requested = ?requested,
+                granted = ?issued.lifetime,
+                server_warning = issued.warning.as_deref().unwrap_or(""),
+                "the API server granted a shorter lifetime than requested (its --service-account-max-token-expiration); refreshing on the granted lifetime"
+            );
+        }
+        let delay = schedule::refresh_after(
+            issued.lifetime,
+            self.cluster.refresh_at,
+            rand::rng().random(),
+        );
+        p.plan = Plan::from(sent, sent_wall, delay);
+        let expires_at = issued.claims.expiry();
+        p.held = Some(Held {
+            expires_at,
+            valid_until: Some(sent + issued.lifetime),
+        });
+        let now = self.wall.now();
+        self.state.update(&self.cluster.name, |s| {
+            s.state = Phase::Fresh;
+            s.expires_at = Some(expires_at);
+            s.issued_at = issued.claims.issued_at.map(unix);
+            s.last_refresh = Some(now);
+            s.next_refresh = Some(p.plan.at_wall);
+            s.last_error = None;
+            s.settled = true;
+            s.refreshes += 1;
+            s.credential_expires_at = issued.credential_expires_at;
+            s.rejected_since = None;
+            s.verified_at = verified.then_some(now);
+        });
+        info!(
+            service_account = %self.cluster.service_account,
+            expires_in = ?Duration::from_secs(expires_at.duration_since(now).unwrap_or_default().as_secs()),
+            next_refresh_in = ?Duration::from_secs(delay.as_secs()),
+            "token refreshed"
+        );
+        self.reload.request_reload();
+        for tx in reply {
+            let _ = tx.send(Ok(()));
+        }
+    }
+
+    /// After a failed attempt: keep the token, back off, report (the status,
+    /// the metric's reason, one log line), answer `reply` with the reason.
+    fn failed(&self, p: &mut Progress, error: &AttemptError, reply: Vec<RotateReply>) {
+        let time_left = p.held.and_then(|h| h.time_left(self.wall.now()));
+        let delay = schedule::backoff(
+            p.attempt,
+            time_left,
+            retry_after(error),
+            rand::rng().random(),
+        );
+        p.attempt = p.attempt.saturating_add(1);
+        p.plan = Plan::in_(delay, self.wall.now());
+        let phase = match (error, time_left) {
+            (_, Some(_)) => Phase::Backoff,
+            (AttemptError::Issue(IssueError::Config(_)), None) => Phase::Error,
+            (_, None) => Phase::Expired,
+        };
+        let label = error.metric_label();
+        // The one choke point before the log, status and the
+        // control socket: whatever the error quotes is shown safely.
+        let message = crate::outside::text(&error.to_string());
+        self.state.update(&self.cluster.name, |s| {
+            s.state = phase;
+            s.last_error = Some(message.clone());
+            s.next_refresh = Some(p.plan.at_wall);
+            s.settled = true;
+            *s.errors.entry(label).or_default() += 1;
+        });
+        match (p.held, time_left) {
+            (Some(h), None) if !p.expired_reported => {
+                p.expired_reported = true;
+                error!(
+                    service_account = %self.cluster.service_account,
+                    expired_at = %crate::text::rfc3339(h.expires_at),
+                    error = %message,
+                    "the token expired before a refresh succeeded: Prometheus cannot scrape this cluster until one does; retrying"
+                );
+            }
+            _ => warn!(
+                service_account = %self.cluster.service_account,
+                reason = label,
+                error = %message,
+                expires_in = %time_left.map_or_else(|| "expired".to_owned(), |d| format!("{:?}", Duration::from_secs(d.as_secs()))),
+                retry_in = ?Duration::from_millis(delay.as_millis() as u64),
+                "token refresh failed; keeping the current token"
+            ),
+        }
+        for tx in reply {
+            let _ = tx.send(Err(message.clone()));
+        }
     }
 
     /// Adopt the token on disk if it is for this ServiceAccount and audiences
