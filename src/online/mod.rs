@@ -2,7 +2,7 @@
 //! daemon talks to them, and print a checklist, changing nothing.
 //!
 //! Per cluster, with the credentials and TLS settings the daemon uses
-//! ([`apiserver::config`]): the API server is reachable (`GET /version`),
+//! ([`crate::apiserver::config`]): the API server is reachable (`GET /version`),
 //! its TLS certificate verifies (and against which CA), mcprom's credential
 //! is accepted (a `SelfSubjectReview`, which also says who mcprom is), it may
 //! create tokens for the ServiceAccount (a `SelfSubjectAccessReview`), the
@@ -76,8 +76,8 @@ pub struct Check {
     pub hint: Option<String>,
     /// For a failure in talking to the API server: its reason in the set
     /// of `mcprom_token_refresh_errors_total`, the reason the daemon gives
-    /// the same failure ([`apiserver::Failure::reason`],
-    /// [`apiserver::status_reason`]).
+    /// the same failure ([`crate::apiserver::Failure::reason`],
+    /// [`crate::apiserver::status_reason`]).
     pub reason: Option<&'static str>,
 }
 
