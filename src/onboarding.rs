@@ -44,17 +44,29 @@ fn print(text: &str) -> Result<(), u8> {
         })
 }
 
-/// `mcprom rbac [CLUSTER]`.
-pub fn rbac(config_path: &Path, cluster: Option<&str>) -> Result<(), u8> {
-    let settings = load(config_path)?;
-    let clusters = render::select(&settings, cluster).map_err(|e| failed(&e))?;
+/// The clusters a command prints: the one named, or all; `None` (said on
+/// stderr) when the file has none.
+fn to_render<'a>(
+    settings: &'a Settings,
+    cluster: Option<&str>,
+) -> Result<Option<Vec<&'a crate::config::ClusterSettings>>, u8> {
+    let clusters = render::select(settings, cluster).map_err(|e| failed(&e))?;
     if clusters.is_empty() {
         eprintln!(
             "mcprom: {} has no [[cluster]]: nothing to print",
             settings.path.display()
         );
-        return Ok(());
+        return Ok(None);
     }
+    Ok(Some(clusters))
+}
+
+/// `mcprom rbac [CLUSTER]`.
+pub fn rbac(config_path: &Path, cluster: Option<&str>) -> Result<(), u8> {
+    let settings = load(config_path)?;
+    let Some(clusters) = to_render(&settings, cluster)? else {
+        return Ok(());
+    };
     if clusters.len() > 1 {
         eprintln!(
             "note: these are the manifests of {} clusters, each for its own cluster: apply them \
@@ -80,14 +92,9 @@ pub async fn scrape_config(
     write_ca: bool,
 ) -> Result<(), u8> {
     let settings = load(config_path)?;
-    let clusters = render::select(&settings, cluster).map_err(|e| failed(&e))?;
-    if clusters.is_empty() {
-        eprintln!(
-            "mcprom: {} has no [[cluster]]: nothing to print",
-            settings.path.display()
-        );
+    let Some(clusters) = to_render(&settings, cluster)? else {
         return Ok(());
-    }
+    };
     // Everything is worked out before anything is printed: a partial list
     // of jobs would silently leave clusters unmonitored.
     let mut all = Vec::new();

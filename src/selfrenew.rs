@@ -348,6 +348,16 @@ mod tests {
     use crate::config::ServiceAccountRef;
     use base64::Engine as _;
 
+    /// The chain check, with the default config file in its messages.
+    fn check(c: &ClusterSettings, now: SystemTime) -> Result<(), IssueError> {
+        check_chain(c, Path::new(config::DEFAULT_PATH), now)
+    }
+
+    /// The broken-chain error, with the default config file in its message.
+    fn broken(c: &ClusterSettings, server_message: &str, now: SystemTime) -> IssueError {
+        broken_chain(c, Path::new(config::DEFAULT_PATH), server_message, now)
+    }
+
     fn jwt(claims: &str) -> String {
         let e = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
         format!("{}.{}.{}", e(r#"{"alg":"ES256"}"#), e(claims), e("sig"))
@@ -459,20 +469,8 @@ mod tests {
         let mut c = cluster(dir.path(), Credentials::SelfRenew);
         c.max_chain_age = Some(Duration::from_secs(86_400));
         seed(&c, &mut valid_seed().as_bytes(), now()).unwrap();
-        assert!(
-            check_chain(
-                &c,
-                Path::new(config::DEFAULT_PATH),
-                now() + Duration::from_secs(86_399)
-            )
-            .is_ok()
-        );
-        let e = check_chain(
-            &c,
-            Path::new(config::DEFAULT_PATH),
-            now() + Duration::from_secs(86_400),
-        )
-        .unwrap_err();
+        assert!(check(&c, now() + Duration::from_secs(86_399)).is_ok());
+        let e = check(&c, now() + Duration::from_secs(86_400)).unwrap_err();
         assert_eq!(e.metric_label(), "chain_too_old");
         let text = e.to_string();
         assert!(text.contains("max_chain_age (1d)"), "{text}");
@@ -484,14 +482,7 @@ mod tests {
         );
         // Without a limit, age does not matter.
         c.max_chain_age = None;
-        assert!(
-            check_chain(
-                &c,
-                Path::new(config::DEFAULT_PATH),
-                now() + Duration::from_secs(10 * 86_400)
-            )
-            .is_ok()
-        );
+        assert!(check(&c, now() + Duration::from_secs(10 * 86_400)).is_ok());
     }
 
     #[test]
@@ -501,22 +492,15 @@ mod tests {
         c.max_chain_age = Some(Duration::from_secs(100));
         std::fs::write(&c.token_file, valid_seed()).unwrap();
         // iat is 10 s before now().
-        assert!(check_chain(&c, Path::new(config::DEFAULT_PATH), now()).is_ok());
+        assert!(check(&c, now()).is_ok());
         assert_eq!(
             read_chain_start(&c.token_file).unwrap(),
             Some(now() - Duration::from_secs(10))
         );
-        assert!(
-            check_chain(
-                &c,
-                Path::new(config::DEFAULT_PATH),
-                now() + Duration::from_secs(90)
-            )
-            .is_err()
-        );
+        assert!(check(&c, now() + Duration::from_secs(90)).is_err());
         // A garbled chain file is an error, not a fresh start.
         std::fs::write(chain_file(&c.token_file), "{").unwrap();
-        let e = check_chain(&c, Path::new(config::DEFAULT_PATH), now()).unwrap_err();
+        let e = check(&c, now()).unwrap_err();
         assert!(e.to_string().contains("re-seed"), "{e}");
     }
 
@@ -526,13 +510,12 @@ mod tests {
         let c = cluster(dir.path(), Credentials::SelfRenew);
         std::fs::write(&c.token_file, valid_seed()).unwrap();
         let after = UNIX_EPOCH + Duration::from_secs(1_800_086_401);
-        let e = broken_chain(&c, Path::new(config::DEFAULT_PATH), "Unauthorized", after);
+        let e = broken(&c, "Unauthorized", after);
         assert_eq!(e.metric_label(), "chain_broken");
         let text = e.to_string();
         assert!(text.contains("expired at 2027-01-16T08:00:00Z"), "{text}");
         assert!(text.contains("| mcprom seed prod"), "{text}");
-        let text =
-            broken_chain(&c, Path::new(config::DEFAULT_PATH), "Unauthorized", now()).to_string();
+        let text = broken(&c, "Unauthorized", now()).to_string();
         assert!(text.contains("recreated"), "{text}");
     }
 }
