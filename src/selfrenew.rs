@@ -345,7 +345,6 @@ pub fn seed(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ServiceAccountRef;
     use base64::Engine as _;
 
     /// The chain check, with the default config file in its messages.
@@ -369,23 +368,10 @@ mod tests {
 
     fn cluster(dir: &Path, credentials: Credentials) -> ClusterSettings {
         ClusterSettings {
-            name: "prod".into(),
-            api_server: Some("https://10.0.0.1:6443".parse().unwrap()),
-            ca_file: None,
-            insecure_skip_tls_verify: false,
-            service_account: ServiceAccountRef {
-                namespace: "kube-system".into(),
-                name: "prometheus".into(),
-            },
             token_file: dir.join("prod.token"),
-            audiences: vec![],
-            expiration: Duration::from_secs(3600),
             refresh_at: 0.5,
-            file_mode: 0o640,
-            file_group: None,
             credentials,
-            max_chain_age: None,
-            verify: Default::default(),
+            ..ClusterSettings::example()
         }
     }
 

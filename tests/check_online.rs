@@ -837,33 +837,32 @@ async fn the_daemon_and_the_checklist_give_each_failure_the_same_reason() {
     let dir = tempfile::tempdir().unwrap();
     let bogus = dir.path().join("bogus.token");
     std::fs::write(&bogus, "eyJhbGciOiJFUzI1NiJ9.e30.c2lnbmF0dXJl").unwrap();
-    let config = write_config(
-        &sim,
-        dir.path(),
-        &Conf {
-            cluster_extra: vec![
-                (
-                    "c1".into(),
-                    format!("ca_file = \"{}\"", sim.ca_file("c2").display()),
-                ),
-                (
-                    "c3".into(),
-                    format!(
-                        "api_server = \"{}\"\nca_file = \"{}\"",
-                        sim.api_server("c3"),
-                        sim.ca_file("c3").display()
-                    ),
-                ),
-                (
-                    "c5".into(),
-                    format!("api_server = \"https://127.0.0.1:{dropper_port}\""),
-                ),
-            ],
-            credentials: vec![("c3".into(), format!("token_file = \"{}\"", bogus.display()))],
-            ..Conf::default()
-        },
-        None,
-    );
+    // c1 trusts another cluster's CA; c3 presents a token no one issued;
+    // c5's address drops every connection.
+    let extra = [
+        (
+            "c1",
+            format!("ca_file = \"{}\"", sim.ca_file("c2").display()),
+        ),
+        (
+            "c3",
+            format!(
+                "api_server = \"{}\"\nca_file = \"{}\"",
+                sim.api_server("c3"),
+                sim.ca_file("c3").display()
+            ),
+        ),
+        (
+            "c5",
+            format!("api_server = \"https://127.0.0.1:{dropper_port}\""),
+        ),
+    ];
+    let conf = Conf {
+        cluster_extra: extra.map(|(name, lines)| (name.to_owned(), lines)).into(),
+        credentials: vec![("c3".into(), format!("token_file = \"{}\"", bogus.display()))],
+        ..Conf::default()
+    };
+    let config = write_config(&sim, dir.path(), &conf, None);
     let settings = mcprom::config::load(&config).expect("the test's config loads");
     let expected = [
         ("c1", "tls"),

@@ -240,6 +240,35 @@ fn shell_word(word: &str) -> String {
 }
 
 #[cfg(test)]
+impl ClusterSettings {
+    /// A cluster for unit tests: "prod" at https://10.0.0.1:6443, minting
+    /// 1-hour tokens for kube-system/prometheus into
+    /// /var/lib/mcprom/tokens/prod.token, refreshed at 0.8, self-renewing;
+    /// each test changes what it is about.
+    pub(crate) fn example() -> ClusterSettings {
+        ClusterSettings {
+            name: "prod".into(),
+            api_server: Some("https://10.0.0.1:6443".parse().unwrap()),
+            ca_file: None,
+            insecure_skip_tls_verify: false,
+            service_account: ServiceAccountRef {
+                namespace: "kube-system".into(),
+                name: "prometheus".into(),
+            },
+            token_file: "/var/lib/mcprom/tokens/prod.token".into(),
+            audiences: vec![],
+            expiration: Duration::from_secs(3600),
+            refresh_at: 0.8,
+            file_mode: 0o640,
+            file_group: None,
+            credentials: Credentials::SelfRenew,
+            max_chain_age: None,
+            verify: Verify::default(),
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

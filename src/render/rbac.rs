@@ -477,27 +477,15 @@ pub fn render(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn cluster(credentials: Credentials) -> ClusterSettings {
         ClusterSettings {
-            name: "prod".into(),
-            api_server: Some("https://10.0.0.1:6443".parse().unwrap()),
-            ca_file: None,
-            insecure_skip_tls_verify: false,
             service_account: ServiceAccountRef {
                 namespace: "monitoring".into(),
                 name: "prometheus".into(),
             },
-            token_file: "/var/lib/mcprom/tokens/prod.token".into(),
-            audiences: vec![],
-            expiration: Duration::from_secs(3600),
-            refresh_at: 0.8,
-            file_mode: 0o640,
-            file_group: None,
             credentials,
-            max_chain_age: None,
-            verify: Default::default(),
+            ..ClusterSettings::example()
         }
     }
 

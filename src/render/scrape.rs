@@ -541,27 +541,12 @@ pub fn write_embedded_ca(cluster: &ClusterSettings) -> Result<Option<PathBuf>, R
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ServiceAccountRef;
 
     fn cluster(api_server: &str) -> ClusterSettings {
         ClusterSettings {
-            name: "prod".into(),
             api_server: Some(api_server.parse().unwrap()),
             ca_file: Some("/etc/mcprom/prod/ca.crt".into()),
-            insecure_skip_tls_verify: false,
-            service_account: ServiceAccountRef {
-                namespace: "kube-system".into(),
-                name: "prometheus".into(),
-            },
-            token_file: "/var/lib/mcprom/tokens/prod.token".into(),
-            audiences: vec![],
-            expiration: Duration::from_secs(3600),
-            refresh_at: 0.8,
-            file_mode: 0o640,
-            file_group: None,
-            credentials: Credentials::SelfRenew,
-            max_chain_age: None,
-            verify: Default::default(),
+            ..ClusterSettings::example()
         }
     }
 
