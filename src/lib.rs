@@ -45,8 +45,12 @@
 //!   clusters and Prometheus.
 //! - [`onboarding`]: the `rbac`, `scrape-config` and `seed` commands;
 //!   [`render`]: their output from the settings.
-//! - [`demo`]: `mcprom demo`; [`sim`]: the simulated Kubernetes API used by
-//!   tests and the demo.
+//! - [`demo`]: `mcprom demo`, the daemon against simulated clusters (the
+//!   default `demo` feature; without it the daemon has no simulator in it).
+//!
+//! The simulated Kubernetes API used by the tests, the demo and the
+//! benchmarks is its own package in this workspace: `sim/` (`mcprom-sim`,
+//! the library `mcprom_sim` and the `mcprom-sim` command).
 //!
 //! # Data flow
 //!
@@ -89,6 +93,7 @@ pub mod commands;
 pub mod config;
 pub mod consumer;
 pub mod control;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod exec;
 pub mod exit;
@@ -104,7 +109,6 @@ pub mod render;
 pub mod rotator;
 pub mod schedule;
 pub mod selfrenew;
-pub mod sim;
 pub mod sink;
 pub mod state;
 pub mod text;
