@@ -8,19 +8,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config;
 
-/// Exit codes (sysexits where one fits).
-pub mod exit {
-    /// Success.
-    pub const OK: u8 = 0;
-    /// The operation failed.
-    pub const FAILED: u8 = 1;
-    /// Usage error (clap's own).
-    pub const USAGE: u8 = 2;
-    /// The daemon is not reachable.
-    pub const UNAVAILABLE: u8 = 69;
-    /// Bad or missing configuration.
-    pub const CONFIG: u8 = 78;
-}
+pub use crate::exit;
 
 /// mcprom keeps an external Prometheus authenticated to many Kubernetes
 /// clusters with short-lived ServiceAccount tokens.
@@ -136,7 +124,6 @@ pub fn main() -> ExitCode {
         (_, level) => level,
     };
     crate::logging::init(level);
-    crate::selfrenew::remember_config_path(&config::validate::absolute(&cli.config));
     let code = match cli.command {
         Command::Rbac { cluster } => crate::onboarding::rbac(&cli.config, cluster.as_deref()),
         Command::ScrapeConfig {

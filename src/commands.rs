@@ -2,9 +2,9 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::cli::exit;
 use crate::config::{self, Settings};
 use crate::control::{self, ClientError, ClusterReport, Request, Response, StatusReport};
+use crate::exit;
 
 const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(60);

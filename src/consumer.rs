@@ -237,7 +237,7 @@ async fn read(reloader: &Reloader, path: &str) -> Result<String, String> {
         )),
         Ok((code, body)) => Err(format!(
             "GET {path}: {code}: {}",
-            crate::issuer::one_line(&body.chars().take(200).collect::<String>())
+            crate::text::one_line(&body.chars().take(200).collect::<String>())
         )),
         Err(e) => Err(e.to_string()),
     }

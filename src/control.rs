@@ -7,7 +7,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -122,10 +122,7 @@ pub enum Response {
     },
 }
 
-/// RFC 3339, seconds precision.
-pub fn rfc3339(t: SystemTime) -> String {
-    crate::rotator::jiff_time(t)
-}
+pub use crate::text::rfc3339;
 
 impl ClusterReport {
     /// From the daemon's state.

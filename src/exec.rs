@@ -22,7 +22,6 @@ use kube::config::ExecConfig;
 use serde::Deserialize;
 use tokio::io::AsyncReadExt as _;
 
-use crate::issuer::IssueError;
 use crate::outside::{MAX_PLUGIN_OUTPUT, MAX_PLUGIN_STDERR};
 
 /// Default of `[limits] exec_timeout`: how long one plugin run may take.
@@ -43,9 +42,15 @@ struct ExecStatus {
     client_key_data: Option<String>,
 }
 
+/// Why an exec plugin gave no credential: the message names the command,
+/// never its arguments, `env` values or output.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct ExecError(pub String);
+
 /// Run the plugin of `config` (if it has one) and put its credential in
 /// place of the `exec` entry.
-pub async fn resolve(config: &mut kube::Config, timeout: Duration) -> Result<(), IssueError> {
+pub async fn resolve(config: &mut kube::Config, timeout: Duration) -> Result<(), ExecError> {
     let Some(exec) = config.auth_info.exec.take() else {
         return Ok(());
     };
@@ -65,7 +70,7 @@ pub async fn resolve(config: &mut kube::Config, timeout: Duration) -> Result<(),
             token: Some(token), ..
         } => auth.token = Some(token.into()),
         _ => {
-            return Err(IssueError::Config(format!(
+            return Err(ExecError(format!(
                 "exec plugin {}: its ExecCredential holds neither a token nor a client certificate and key",
                 command_name(&exec)
             )));
@@ -90,12 +95,12 @@ fn secrets(exec: &ExecConfig) -> Vec<&str> {
     secrets
 }
 
-async fn run(exec: &ExecConfig, timeout: Duration) -> Result<ExecStatus, IssueError> {
+async fn run(exec: &ExecConfig, timeout: Duration) -> Result<ExecStatus, ExecError> {
     let name = command_name(exec);
     let program = exec
         .command
         .as_deref()
-        .ok_or_else(|| IssueError::Config("exec plugin: the kubeconfig names no command".into()))?;
+        .ok_or_else(|| ExecError("exec plugin: the kubeconfig names no command".into()))?;
     let mut command = tokio::process::Command::new(program);
     command.args(exec.args.iter().flatten());
     for entry in exec.env.iter().flatten() {
@@ -124,7 +129,7 @@ async fn run(exec: &ExecConfig, timeout: Duration) -> Result<ExecStatus, IssueEr
         .kill_on_drop(true);
     let mut child = command
         .spawn()
-        .map_err(|e| IssueError::Config(format!("exec plugin {name}: cannot start it: {e}")))?;
+        .map_err(|e| ExecError(format!("exec plugin {name}: cannot start it: {e}")))?;
     // The whole group dies with this guard: on timeout, and when the
     // rotation is cancelled (SIGTERM) while the plugin runs.
     let _group = child.id().map(GroupKiller);
@@ -149,12 +154,12 @@ async fn run(exec: &ExecConfig, timeout: Duration) -> Result<ExecStatus, IssueEr
     };
     let (status, out, err) = match tokio::time::timeout(timeout, exchange).await {
         Err(_) => {
-            return Err(IssueError::Config(format!(
+            return Err(ExecError(format!(
                 "exec plugin {name}: no answer within {timeout:?} ([limits] exec_timeout); killed it"
             )));
         }
         Ok(Err(e)) => {
-            return Err(IssueError::Config(format!(
+            return Err(ExecError(format!(
                 "exec plugin {name}: cannot read its output: {e}"
             )));
         }
@@ -162,14 +167,14 @@ async fn run(exec: &ExecConfig, timeout: Duration) -> Result<ExecStatus, IssueEr
     };
     let secrets = secrets(exec);
     let Some(status) = status else {
-        return Err(IssueError::Config(format!(
+        return Err(ExecError(format!(
             "exec plugin {name}: its output is larger than {} KiB, far more than any ExecCredential; killed it",
             MAX_PLUGIN_OUTPUT >> 10
         )));
     };
     if !status.success() {
         let stderr = crate::outside::text_without(&String::from_utf8_lossy(&err), &secrets);
-        return Err(IssueError::Config(format!(
+        return Err(ExecError(format!(
             "exec plugin {name} failed ({status}){}",
             if stderr.is_empty() {
                 String::new()
@@ -186,10 +191,10 @@ async fn run(exec: &ExecConfig, timeout: Duration) -> Result<ExecStatus, IssueEr
         Ok(ExecCredential {
             status: Some(status),
         }) => Ok(status),
-        Ok(ExecCredential { status: None }) => Err(IssueError::Config(format!(
+        Ok(ExecCredential { status: None }) => Err(ExecError(format!(
             "exec plugin {name}: its ExecCredential has no status"
         ))),
-        Err(why) => Err(IssueError::Config(format!(
+        Err(why) => Err(ExecError(format!(
             "exec plugin {name}: its output ({} bytes) is not an ExecCredential ({why})",
             out.len()
         ))),

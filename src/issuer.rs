@@ -1,21 +1,17 @@
 //! Issuers mint tokens. The real one calls the cluster's TokenRequest API
-//! through a kube client built from the cluster's credentials.
-//!
-//! The kube client is built afresh for each request and dropped after it:
-//! credential files (kubeconfig, CA, client certificate, issuer token) are
-//! therefore re-read on every rotation, so replacing them on disk needs no
-//! restart, and 10,000 idle clusters pin no connections or TLS state.
+//! through [`crate::apiserver`], which builds a fresh client from the
+//! cluster's credentials for each request (so credential files are re-read
+//! on every rotation) and classifies its failures.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use http::{Request, StatusCode};
+use http::StatusCode;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use kube::config::KubeConfigOptions;
-use rustls_pki_types::{CertificateDer, pem::PemObject};
 use serde::Deserialize;
 
-use crate::config::{ClusterSettings, Credentials, input};
+use crate::apiserver::{self, Failure, status_message};
+use crate::config::ClusterSettings;
 use crate::token::{IssuedToken, Token};
 
 /// What to ask for.
@@ -136,6 +132,18 @@ pub enum IssueError {
     },
 }
 
+impl From<Failure> for IssueError {
+    fn from(failure: Failure) -> Self {
+        match failure {
+            Failure::Config(message) => IssueError::Config(message),
+            Failure::Unreachable(text) => IssueError::Unreachable(text),
+            Failure::TimedOut(text) => IssueError::Unreachable(format!("timed out: {text}")),
+            Failure::Timeout(after) => IssueError::Timeout(after),
+            Failure::Tls(text) => IssueError::Tls(text),
+        }
+    }
+}
+
 impl IssueError {
     /// The `reason` label of `mcprom_token_refresh_errors_total`.
     pub fn metric_label(&self) -> &'static str {
@@ -198,197 +206,6 @@ impl KubeIssuer {
         self.exec_timeout = exec_timeout;
         self
     }
-}
-
-/// Build the kube configuration for a cluster: credentials, `api_server`
-/// and `ca_file` overrides, TLS, timeouts, kube's own retries off. An exec
-/// plugin runs here ([`crate::exec`], at most the default exec timeout),
-/// never inside the kube client.
-pub async fn kube_config(
-    cluster: &ClusterSettings,
-    timeout: Duration,
-) -> Result<kube::Config, IssueError> {
-    kube_config_with(cluster, timeout, crate::exec::DEFAULT_EXEC_TIMEOUT).await
-}
-
-/// [`kube_config`] with an exec plugin time limit.
-pub async fn kube_config_with(
-    cluster: &ClusterSettings,
-    timeout: Duration,
-    exec_timeout: Duration,
-) -> Result<kube::Config, IssueError> {
-    let mut config = match &cluster.credentials {
-        Credentials::Kubeconfig { path, context } => {
-            let kubeconfig = input::read_kubeconfig(path)
-                .map_err(|e| IssueError::Config(format!("kubeconfig {}: {e}", path.display())))?;
-            let options = KubeConfigOptions {
-                context: context.clone(),
-                ..KubeConfigOptions::default()
-            };
-            kube::Config::from_custom_kubeconfig(kubeconfig, &options)
-                .await
-                .map_err(|e| {
-                    IssueError::Config(format!("kubeconfig {}: {}", path.display(), chain(&e)))
-                })?
-        }
-        other => {
-            let url = cluster.api_server.as_ref().ok_or_else(|| {
-                IssueError::Config("api_server is required without a kubeconfig".into())
-            })?;
-            let mut config = kube::Config::new(parse_uri(url)?);
-            let b64 = |pem: &[u8]| {
-                use base64::Engine as _;
-                base64::engine::general_purpose::STANDARD.encode(pem)
-            };
-            match other {
-                Credentials::TokenFile(path) => {
-                    let token = input::read_token(path)
-                        .map_err(|e| input_error("credentials.token_file", path, e))?;
-                    config.auth_info.token = Some(token.into());
-                }
-                Credentials::ClientCert { cert, key } => {
-                    let cert_pem = input::read(cert)
-                        .and_then(|pem| input::parse_certificates(&pem).map(|_| pem))
-                        .map_err(|e| input_error("credentials.client_cert", cert, e))?;
-                    let key_pem = input::read_private_key(key)
-                        .map_err(|e| input_error("credentials.client_key", key, e))?;
-                    config.auth_info.client_certificate_data = Some(b64(&cert_pem));
-                    config.auth_info.client_key_data = Some(b64(&key_pem).into());
-                }
-                Credentials::SelfRenew => {
-                    let token = input::read_token(&cluster.token_file)
-                        .map_err(|e| crate::selfrenew::unreadable_token(cluster, &e.into()))?;
-                    config.auth_info.token = Some(token.into());
-                }
-                Credentials::Kubeconfig { .. } => unreachable!("handled above"),
-            }
-            config
-        }
-    };
-    crate::exec::resolve(&mut config, exec_timeout).await?;
-    if let Some(url) = &cluster.api_server {
-        config.cluster_url = parse_uri(url)?;
-    }
-    if let Some(ca) = &cluster.ca_file {
-        config.root_cert = Some(read_ca(ca)?);
-        config.root_cert_file = None;
-    }
-    if cluster.insecure_skip_tls_verify {
-        config.accept_invalid_certs = true;
-    }
-    config.default_retry = false;
-    config.connect_timeout = Some(timeout.min(Duration::from_secs(10)));
-    config.read_timeout = Some(timeout);
-    config.write_timeout = Some(timeout);
-    Ok(config)
-}
-
-/// When the credential in `config` expires, where that can be known: the
-/// `exp` of a bearer token (inline or file) or the `notAfter` of a client
-/// certificate (inline or file). Exec plugins and OIDC: unknown.
-pub fn credential_expiry(config: &kube::Config) -> Option<SystemTime> {
-    use secrecy::ExposeSecret as _;
-    let auth = &config.auth_info;
-    let token = auth
-        .token
-        .as_ref()
-        .map(|t| t.expose_secret().to_owned())
-        .or_else(|| input::read_token(std::path::Path::new(auth.token_file.as_ref()?)).ok());
-    if let Some(token) = token {
-        return crate::token::Claims::peek(token.trim())
-            .ok()
-            .map(|c| c.expiry());
-    }
-    let pem = match (&auth.client_certificate_data, &auth.client_certificate) {
-        (Some(data), _) => {
-            use base64::Engine as _;
-            base64::engine::general_purpose::STANDARD
-                .decode(data.trim())
-                .ok()?
-        }
-        (None, Some(path)) => input::read(std::path::Path::new(path)).ok()?,
-        (None, None) => return None,
-    };
-    certificate_not_after(&pem)
-}
-
-/// `notAfter` of the first certificate in a PEM bundle.
-pub fn certificate_not_after(pem: &[u8]) -> Option<SystemTime> {
-    let der = CertificateDer::pem_slice_iter(pem).next()?.ok()?;
-    let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
-    let secs = u64::try_from(cert.validity().not_after.timestamp()).ok()?;
-    Some(UNIX_EPOCH + Duration::from_secs(secs))
-}
-
-fn parse_uri(url: &url::Url) -> Result<http::Uri, IssueError> {
-    url.as_str()
-        .trim_end_matches('/')
-        .parse()
-        .map_err(|e| IssueError::Config(format!("api_server {url}: {e}")))
-}
-
-fn input_error(key: &str, path: &std::path::Path, error: input::InputError) -> IssueError {
-    IssueError::Config(format!("{key} {}: {error}", path.display()))
-}
-
-/// Read a PEM bundle of CA certificates.
-pub fn read_ca(path: &std::path::Path) -> Result<Vec<Vec<u8>>, IssueError> {
-    input::read_certificates(path).map_err(|e| input_error("ca_file", path, e))
-}
-
-/// The error and all its sources on one line, made safe to show
-/// ([`crate::outside::text`]: errors quote servers, URLs and plugins).
-pub fn chain(error: &dyn std::error::Error) -> String {
-    crate::outside::error_chain(error)
-}
-
-fn classify_transport(error: &kube::Error) -> IssueError {
-    classify_transport_text(chain(error))
-}
-
-/// A transport failure by its text. Only certificate problems and TLS
-/// alerts are TLS failures: a connection the server drops mid-request
-/// ("peer closed connection without sending TLS close_notify") is the
-/// server going away, not a verification failure.
-fn classify_transport_text(text: String) -> IssueError {
-    let lower = text.to_ascii_lowercase();
-    if lower.contains("certificate")
-        || lower.contains("unknownissuer")
-        || lower.contains("unknownca")
-        || lower.contains("fatal alert")
-    {
-        IssueError::Tls(text)
-    } else if lower.contains("timed out") || lower.contains("timeout") {
-        IssueError::Unreachable(format!("timed out: {text}"))
-    } else {
-        IssueError::Unreachable(text)
-    }
-}
-
-#[derive(Deserialize)]
-struct StatusBody {
-    message: Option<String>,
-}
-
-fn status_message(body: &[u8], code: StatusCode) -> String {
-    let message = serde_json::from_slice::<StatusBody>(body)
-        .ok()
-        .and_then(|s| s.message)
-        .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned());
-    // Room for the hint that follows it within one message.
-    let message: String = crate::outside::text(&message).chars().take(600).collect();
-    if message.is_empty() {
-        code.canonical_reason().unwrap_or("no message").to_owned()
-    } else {
-        message
-    }
-}
-
-/// A server's text on one line, capped, without control characters or
-/// secrets ([`crate::outside::text`]): a failure is one log line, whatever
-/// the server said.
-pub fn one_line(text: &str) -> String {
-    crate::outside::text(text)
 }
 
 fn parse_retry_after(value: Option<&http::HeaderValue>) -> Option<Duration> {
@@ -546,20 +363,7 @@ impl Issuer for KubeIssuer {
     }
 
     async fn issue(&self, spec: &TokenSpec) -> Result<IssuedToken, IssueError> {
-        if !matches!(self.cluster.credentials, Credentials::SelfRenew) {
-            return self.request(spec).await;
-        }
-        // Self-renewal: the chain may have reached its age limit, and a 401
-        // means the chain is broken, which only a new seed repairs.
-        crate::selfrenew::check_chain(&self.cluster, SystemTime::now())?;
-        match self.request(spec).await {
-            Err(IssueError::Unauthorized(message)) => Err(crate::selfrenew::broken_chain(
-                &self.cluster,
-                &message,
-                SystemTime::now(),
-            )),
-            other => other,
-        }
+        self.request(spec).await
     }
 }
 
@@ -569,46 +373,33 @@ impl KubeIssuer {
     /// the token as the only credential (a client certificate would win
     /// over it: the API server tries certificates first).
     pub async fn review_token(&self, token: &Token) -> Result<Review, IssueError> {
-        let config = kube_config(&self.cluster, self.timeout).await?;
+        let config = apiserver::config(&self.cluster, self.timeout, self.exec_timeout).await?;
         self.review_with(config, token).await
     }
 
-    async fn review_with(
-        &self,
-        mut config: kube::Config,
-        token: &Token,
-    ) -> Result<Review, IssueError> {
-        config.auth_info = kube::config::AuthInfo {
+    async fn review_with(&self, config: kube::Config, token: &Token) -> Result<Review, IssueError> {
+        let only_the_token = kube::config::AuthInfo {
             token: Some(secrecy::SecretString::from(token.expose().to_owned())),
             ..kube::config::AuthInfo::default()
         };
-        let client = kube::Client::try_from(config).map_err(|e| IssueError::Config(chain(&e)))?;
+        let client = apiserver::client(apiserver::with_credential(config, only_the_token))?;
         let body = br#"{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}"#;
-        let request = Request::post("/apis/authentication.k8s.io/v1/selfsubjectreviews")
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .header(http::header::ACCEPT, "application/json")
-            .body(kube::client::Body::from(body.to_vec()))
-            .map_err(|e| IssueError::Config(e.to_string()))?;
-        let exchange = async {
-            let response = client
-                .send(request)
-                .await
-                .map_err(|e| classify_transport(&e))?;
-            let (parts, body) = response.into_parts();
-            let bytes = body
-                .collect_bytes()
-                .await
-                .map_err(|e| classify_transport(&e))?;
-            interpret_review(
-                parts.status,
-                &bytes,
-                &self.cluster.service_account.subject(),
-            )
-        };
-        match tokio::time::timeout(self.timeout, exchange).await {
-            Ok(result) => result,
-            Err(_) => Err(IssueError::Timeout(self.timeout)),
-        }
+        let request = apiserver::post_json(
+            "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+            body.to_vec(),
+        );
+        let answer = apiserver::send(
+            &client,
+            request,
+            self.timeout,
+            crate::outside::MAX_TOKEN_ANSWER,
+        )
+        .await?;
+        interpret_review(
+            answer.status,
+            &answer.body,
+            &self.cluster.service_account.subject(),
+        )
     }
 
     /// Why the API server rejected a token it has just issued. With
@@ -652,15 +443,15 @@ impl KubeIssuer {
 
     /// One TokenRequest with the cluster's credentials.
     async fn request(&self, spec: &TokenSpec) -> Result<IssuedToken, IssueError> {
-        let config = kube_config_with(&self.cluster, self.timeout, self.exec_timeout).await?;
-        let credential_expires_at = credential_expiry(&config);
+        let config = apiserver::config(&self.cluster, self.timeout, self.exec_timeout).await?;
+        let credential_expires_at = apiserver::credential_expiry(&config);
         if self.cluster.verify.enabled {
             *self
                 .last_config
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(config.clone());
         }
-        let client = kube::Client::try_from(config).map_err(|e| IssueError::Config(chain(&e)))?;
+        let client = apiserver::client(config)?;
         let sa = &self.cluster.service_account;
         let request = TokenRequest {
             spec: TokenRequestSpec {
@@ -673,47 +464,30 @@ impl KubeIssuer {
             ..TokenRequest::default()
         };
         let body = serde_json::to_vec(&request).map_err(|e| IssueError::Config(e.to_string()))?;
-        let uri = format!(
+        let path = format!(
             "/api/v1/namespaces/{}/serviceaccounts/{}/token",
             sa.namespace, sa.name
         );
-        let http_request = Request::post(uri)
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .header(http::header::ACCEPT, "application/json")
-            .body(kube::client::Body::from(body))
-            .map_err(|e| IssueError::Config(e.to_string()))?;
         let sent = SystemTime::now();
-        let exchange = async {
-            let response = client
-                .send(http_request)
-                .await
-                .map_err(|e| classify_transport(&e))?;
-            let (parts, body) = response.into_parts();
-            let answer = crate::outside::read_body(body, crate::outside::MAX_TOKEN_ANSWER)
-                .await
-                .map_err(|e| classify_transport(&e))?;
-            if answer.truncated && parts.status.is_success() {
-                return Err(IssueError::Server {
-                    code: parts.status.as_u16(),
-                    message: format!(
-                        "the answer is larger than {} KiB, far more than any TokenRequest; not read further",
-                        crate::outside::MAX_TOKEN_ANSWER >> 10
-                    ),
-                });
-            }
-            interpret_response(parts.status, &parts.headers, &answer.bytes, sent)
-        };
-        match tokio::time::timeout(self.timeout, exchange).await {
-            Ok(result) => result.map(|mut issued| {
-                issued.credential_expires_at = match self.cluster.credentials {
-                    // The credential is the token just issued.
-                    Credentials::SelfRenew => Some(issued.claims.expiry()),
-                    _ => credential_expires_at,
-                };
-                issued
-            }),
-            Err(_) => Err(IssueError::Timeout(self.timeout)),
+        let answer = apiserver::send(
+            &client,
+            apiserver::post_json(&path, body),
+            self.timeout,
+            crate::outside::MAX_TOKEN_ANSWER,
+        )
+        .await?;
+        if answer.truncated && answer.status.is_success() {
+            return Err(IssueError::Server {
+                code: answer.status.as_u16(),
+                message: format!(
+                    "the answer is larger than {} KiB, far more than any TokenRequest; not read further",
+                    crate::outside::MAX_TOKEN_ANSWER >> 10
+                ),
+            });
         }
+        let mut issued = interpret_response(answer.status, &answer.headers, &answer.body, sent)?;
+        issued.credential_expires_at = credential_expires_at;
+        Ok(issued)
     }
 }
 
@@ -798,16 +572,13 @@ mod tests {
     }
 
     #[test]
-    fn a_dropped_connection_is_unreachable_and_a_bad_certificate_is_tls() {
-        let reset = "ServiceError: client error (SendRequest): connection error: peer closed connection without sending TLS close_notify: https://docs.rs/rustls/latest/rustls/manual/_03_howto/index.html#unexpected-eof";
-        assert_eq!(
-            classify_transport_text(reset.into()).metric_label(),
-            "unreachable"
-        );
-        let ca = "ServiceError: client error (Connect): invalid peer certificate: UnknownIssuer";
-        assert_eq!(classify_transport_text(ca.into()).metric_label(), "tls");
-        let alert = "client error (Connect): received fatal alert: BadCertificate";
-        assert_eq!(classify_transport_text(alert.into()).metric_label(), "tls");
+    fn every_error_status_gets_the_reason_the_checklist_gives_it() {
+        for code in 400..600 {
+            let status = StatusCode::from_u16(code).unwrap();
+            let e = interpret_response(status, &http::HeaderMap::new(), b"{}", SystemTime::now())
+                .unwrap_err();
+            assert_eq!(e.metric_label(), apiserver::status_reason(code), "{code}");
+        }
     }
 
     #[test]

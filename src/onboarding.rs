@@ -1,15 +1,15 @@
 //! From config to a monitored cluster: the commands `mcprom rbac`,
 //! `mcprom scrape-config` and `mcprom seed`. Each returns its exit code
-//! (see [`crate::cli::exit`]): 0 done, 1 failed, 2 no such cluster, 78 the
+//! (see [`crate::exit`]): 0 done, 1 failed, 2 no such cluster, 78 the
 //! config file is unusable. Output goes to stdout, advice to stderr.
 
 use std::io::{IsTerminal as _, Write as _};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use crate::cli::exit;
 use crate::config::{self, Settings};
 use crate::control::{self, ClientError, Request, Response, RotateResult};
+use crate::exit;
 use crate::render::{self, RenderError, rbac, scrape};
 use crate::selfrenew;
 
@@ -44,17 +44,29 @@ fn print(text: &str) -> Result<(), u8> {
         })
 }
 
-/// `mcprom rbac [CLUSTER]`.
-pub fn rbac(config_path: &Path, cluster: Option<&str>) -> Result<(), u8> {
-    let settings = load(config_path)?;
-    let clusters = render::select(&settings, cluster).map_err(|e| failed(&e))?;
+/// The clusters a command prints: the one named, or all; `None` (said on
+/// stderr) when the file has none.
+fn to_render<'a>(
+    settings: &'a Settings,
+    cluster: Option<&str>,
+) -> Result<Option<Vec<&'a crate::config::ClusterSettings>>, u8> {
+    let clusters = render::select(settings, cluster).map_err(|e| failed(&e))?;
     if clusters.is_empty() {
         eprintln!(
             "mcprom: {} has no [[cluster]]: nothing to print",
             settings.path.display()
         );
-        return Ok(());
+        return Ok(None);
     }
+    Ok(Some(clusters))
+}
+
+/// `mcprom rbac [CLUSTER]`.
+pub fn rbac(config_path: &Path, cluster: Option<&str>) -> Result<(), u8> {
+    let settings = load(config_path)?;
+    let Some(clusters) = to_render(&settings, cluster)? else {
+        return Ok(());
+    };
     if clusters.len() > 1 {
         eprintln!(
             "note: these are the manifests of {} clusters, each for its own cluster: apply them \
@@ -80,14 +92,9 @@ pub async fn scrape_config(
     write_ca: bool,
 ) -> Result<(), u8> {
     let settings = load(config_path)?;
-    let clusters = render::select(&settings, cluster).map_err(|e| failed(&e))?;
-    if clusters.is_empty() {
-        eprintln!(
-            "mcprom: {} has no [[cluster]]: nothing to print",
-            settings.path.display()
-        );
+    let Some(clusters) = to_render(&settings, cluster)? else {
         return Ok(());
-    }
+    };
     // Everything is worked out before anything is printed: a partial list
     // of jobs would silently leave clusters unmonitored.
     let mut all = Vec::new();
@@ -145,7 +152,7 @@ pub async fn seed(config_path: &Path, name: &str) -> Result<(), u8> {
         eprintln!(
             "paste the token for {} and end with Ctrl-D (or pipe it: {})",
             cluster.service_account,
-            selfrenew::reseed_command(cluster)
+            selfrenew::reseed_command(&settings.path, cluster)
         );
     }
     let now = SystemTime::now();
@@ -159,13 +166,13 @@ pub async fn seed(config_path: &Path, name: &str) -> Result<(), u8> {
          self-renewal chain starts now",
         cluster.service_account,
         cluster.token_file.display(),
-        selfrenew::rfc3339(seeded.expires_at),
+        crate::text::rfc3339(seeded.expires_at),
         config::format_duration(Duration::from_secs(left.as_secs())),
     );
     if let Some(max) = cluster.max_chain_age {
         message.push_str(&format!(
             " and ends at {} (max_chain_age {})",
-            selfrenew::rfc3339(seeded.chain_started + max),
+            crate::text::rfc3339(seeded.chain_started + max),
             config::format_duration(max)
         ));
     }

@@ -8,9 +8,10 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::Notify;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -145,7 +146,7 @@ impl Reloader {
         }
         let client = builder
             .build()
-            .map_err(|e| ReloadError::Other(crate::issuer::chain(&e)))?;
+            .map_err(|e| ReloadError::Other(crate::text::chain(&e)))?;
         Ok(Reloader { settings, client })
     }
 
@@ -186,9 +187,9 @@ impl Reloader {
         if error.is_timeout() {
             ReloadError::Timeout(self.settings.timeout)
         } else if error.is_connect() {
-            ReloadError::Down(self.base(), crate::issuer::chain(&error))
+            ReloadError::Down(self.base(), crate::text::chain(&error))
         } else {
-            ReloadError::Other(crate::issuer::chain(&error))
+            ReloadError::Other(crate::text::chain(&error))
         }
     }
 
@@ -302,12 +303,10 @@ pub fn reload_outcome(status: u16, body: &str, base: &str) -> Result<(), ReloadE
     })
 }
 
-/// Delay after the `failures`-th failed reload in a row.
+/// Delay after the `failures`-th failed reload in a row
+/// ([`crate::schedule::reload_backoff`]).
 pub fn reload_backoff(error: &ReloadError, failures: u32) -> Duration {
-    if error.needs_operator() {
-        return Duration::from_secs(300);
-    }
-    Duration::from_secs(1u64 << failures.min(8)).min(Duration::from_secs(300))
+    crate::schedule::reload_backoff(failures, error.needs_operator())
 }
 
 /// The reloader loop. Runs until `cancel`.

@@ -9,10 +9,9 @@
 pub mod rbac;
 pub mod scrape;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use base64::Engine as _;
-use kube::config::{AuthInfo, Cluster};
 
 use crate::config::{ClusterSettings, Settings};
 
@@ -75,58 +74,6 @@ pub fn select<'a>(
     }
 }
 
-/// The entry of a kubeconfig that one context selects. Paths in it are
-/// absolute (kube resolves them against the kubeconfig's directory).
-#[derive(Debug, Clone)]
-pub(crate) struct KubeconfigEntry {
-    /// The context's cluster.
-    pub cluster: Cluster,
-    /// The context's user (empty when the context names none).
-    pub user: AuthInfo,
-}
-
-/// Read `path` and select `context` (default: its current-context).
-pub(crate) fn kubeconfig_entry(
-    path: &Path,
-    context: Option<&str>,
-) -> Result<KubeconfigEntry, String> {
-    let shown = path.display();
-    let config = crate::config::input::parse_kubeconfig(path)
-        .map_err(|e| format!("kubeconfig {shown}: {e}"))?;
-    let name = match context.or(config.current_context.as_deref()) {
-        Some(name) if !name.is_empty() => name.to_owned(),
-        _ => {
-            return Err(format!(
-                "kubeconfig {shown} has no current-context (set credentials.context)"
-            ));
-        }
-    };
-    let context = config
-        .contexts
-        .iter()
-        .find(|c| c.name == name)
-        .and_then(|c| c.context.clone())
-        .ok_or_else(|| format!("kubeconfig {shown} has no context {name:?}"))?;
-    let cluster = config
-        .clusters
-        .iter()
-        .find(|c| c.name == context.cluster)
-        .and_then(|c| c.cluster.clone())
-        .ok_or_else(|| {
-            format!(
-                "kubeconfig {shown}: context {name:?} names cluster {:?}, which is not in the file",
-                context.cluster
-            )
-        })?;
-    let user = context
-        .user
-        .as_ref()
-        .and_then(|u| config.auth_infos.iter().find(|a| &a.name == u))
-        .and_then(|a| a.auth_info.clone())
-        .unwrap_or_default();
-    Ok(KubeconfigEntry { cluster, user })
-}
-
 /// Decode a kubeconfig `*-data` field (base64 of PEM).
 pub(crate) fn decode_data(field: &str, data: &str) -> Result<Vec<u8>, String> {
     base64::engine::general_purpose::STANDARD
@@ -156,7 +103,7 @@ mod tests {
         let settings = crate::config::parse(
             "[[cluster]]\nname = \"a\"\napi_server = \"https://h\"\nservice_account = \"x/y\"\n\
              [cluster.credentials]\nself = true\n",
-            Path::new("/etc/mcprom.toml"),
+            std::path::Path::new("/etc/mcprom.toml"),
         )
         .unwrap();
         assert_eq!(select(&settings, None).unwrap().len(), 1);
@@ -166,35 +113,5 @@ mod tests {
             e,
             "no cluster named \"b\" in /etc/mcprom.toml (configured: a)"
         );
-    }
-
-    #[test]
-    fn a_kubeconfig_context_selects_its_cluster_and_user() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("kubeconfig");
-        std::fs::write(
-            &path,
-            "apiVersion: v1\nkind: Config\ncurrent-context: a\nclusters:\n\
-             - name: ca\n  cluster:\n    server: https://a:6443\n    certificate-authority: a.crt\n\
-             - name: cb\n  cluster:\n    server: https://b:6443\n\
-             users:\n- name: ua\n  user:\n    tokenFile: t\n\
-             contexts:\n- name: a\n  context:\n    cluster: ca\n    user: ua\n\
-             - name: b\n  context:\n    cluster: cb\n",
-        )
-        .unwrap();
-        let a = kubeconfig_entry(&path, None).unwrap();
-        assert_eq!(a.cluster.server.as_deref(), Some("https://a:6443"));
-        assert_eq!(
-            a.cluster.certificate_authority.as_deref(),
-            Some(dir.path().join("a.crt").to_str().unwrap())
-        );
-        assert!(a.user.token_file.is_some());
-        let b = kubeconfig_entry(&path, Some("b")).unwrap();
-        assert_eq!(b.cluster.server.as_deref(), Some("https://b:6443"));
-        assert!(b.user.token_file.is_none());
-        let e = kubeconfig_entry(&path, Some("c")).unwrap_err();
-        assert!(e.contains("has no context \"c\""), "{e}");
-        let e = kubeconfig_entry(&dir.path().join("missing"), None).unwrap_err();
-        assert!(e.contains("missing"), "{e}");
     }
 }

@@ -15,6 +15,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
+use crate::clock::Wall;
 use crate::config::{ClusterSettings, Credentials};
 use crate::issuer::{IssueError, Issuer, Review, TokenSpec};
 use crate::reload::ReloadRequest;
@@ -125,8 +126,8 @@ impl Held {
     /// of the wall-clock view (`exp − now`) and the monotonic one (`sent +
     /// lifetime − now`). The monotonic view is immune to a skewed local
     /// clock and is what paused-clock tests control.
-    fn time_left(&self) -> Option<Duration> {
-        let wall = self.expires_at.duration_since(SystemTime::now()).ok();
+    fn time_left(&self, wall_now: SystemTime) -> Option<Duration> {
+        let wall = self.expires_at.duration_since(wall_now).ok();
         let mono = match self.valid_until {
             Some(until) => until.checked_duration_since(Instant::now()),
             None => return wall,
@@ -146,10 +147,10 @@ struct Plan {
 }
 
 impl Plan {
-    fn in_(delay: Duration) -> Plan {
+    fn in_(delay: Duration, wall_now: SystemTime) -> Plan {
         Plan {
             at: Instant::now() + delay,
-            at_wall: SystemTime::now() + delay,
+            at_wall: wall_now + delay,
         }
     }
 
@@ -159,6 +160,22 @@ impl Plan {
             at_wall: sent_wall + delay,
         }
     }
+}
+
+/// What one rotation loop carries from one round to the next.
+struct Progress {
+    /// The token in the file, as far as the loop knows it.
+    held: Option<Held>,
+    /// When the token in use is next reviewed (a SelfSubjectReview made
+    /// with it); `None`: not planned.
+    check: Option<Instant>,
+    /// The next attempt.
+    plan: Plan,
+    /// Failed attempts in a row.
+    attempt: u32,
+    unsupported_logged: bool,
+    shortened_logged: bool,
+    expired_reported: bool,
 }
 
 /// One cluster's rotation loop and what it needs.
@@ -181,6 +198,8 @@ pub struct Rotator<I, S, R> {
     pub commands: Arc<RotateRequests>,
     /// Stops the loop (in-flight writes still finish).
     pub cancel: CancellationToken,
+    /// The wall clock ([`crate::clock::system`] but in tests).
+    pub wall: Wall,
 }
 
 impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
@@ -195,11 +214,10 @@ impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
         // Jitter draws come from the thread's generator: a generator per
         // cluster would add ~320 bytes to every idle rotator.
         let mut held = None;
-        // When the token in use is next reviewed (SelfSubjectReview with
-        // it); `None`: not planned. An adopted token's first review is
-        // spread over one interval, so 10,000 clusters do not ask at once.
+        // An adopted token's first review is spread over one interval, so
+        // 10,000 clusters do not ask at once.
         let mut check: Option<Instant> = None;
-        let mut plan = match self.adopt(rand::rng().random()) {
+        let plan = match self.adopt(rand::rng().random()) {
             Some((h, plan)) => {
                 held = Some(h);
                 if self.cluster.verify.enabled {
@@ -214,29 +232,34 @@ impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
                 }
                 plan
             }
-            None => Plan::in_(Duration::ZERO),
+            None => Plan::in_(Duration::ZERO, self.wall.now()),
         };
-        let mut unsupported_logged = false;
-        let mut attempt: u32 = 0;
-        let mut shortened_logged = false;
-        let mut expired_reported = false;
+        let mut p = Progress {
+            held,
+            check,
+            plan,
+            attempt: 0,
+            unsupported_logged: false,
+            shortened_logged: false,
+            expired_reported: false,
+        };
         let name = self.cluster.name.clone();
 
         loop {
             self.state
-                .update(&name, |s| s.next_refresh = Some(plan.at_wall));
+                .update(&name, |s| s.next_refresh = Some(p.plan.at_wall));
             let mut reply = Vec::new();
-            let check_at = check.filter(|at| *at < plan.at);
+            let check_at = p.check.filter(|at| *at < p.plan.at);
             tokio::select! {
                 () = self.cancel.cancelled() => break,
                 () = sleep_until_some(check_at) => {
-                    check = None;
+                    p.check = None;
                     match Box::pin(self.check_token()).await {
                         None => break,
                         Some(CheckOutcome::Keep(next)) => {
-                            check = next.map(|d| Instant::now() + d);
-                            if next.is_none() && !unsupported_logged {
-                                unsupported_logged = true;
+                            p.check = next.map(|d| Instant::now() + d);
+                            if next.is_none() && !p.unsupported_logged {
+                                p.unsupported_logged = true;
                                 info!("the API server has no SelfSubjectReview (Kubernetes before 1.28): tokens are not verified");
                             }
                         }
@@ -246,23 +269,23 @@ impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
                             // most once per verify_interval (≥ 10 s), and a
                             // re-mint the server rejects again goes through
                             // the ordinary backoff.
-                            if plan.at > Instant::now() {
-                                plan = Plan::in_(Duration::ZERO);
+                            if p.plan.at > Instant::now() {
+                                p.plan = Plan::in_(Duration::ZERO, self.wall.now());
                             }
-                            attempt = 0;
+                            p.attempt = 0;
                         }
                     }
                     continue;
                 }
-                () = tokio::time::sleep_until(plan.at) => {}
+                () = tokio::time::sleep_until(p.plan.at) => {}
                 () = self.commands.review.notified(), if self.cluster.verify.enabled => {
                     // A consumer saw its scrapes refused: review now
                     // (at most once per consumer read, every few minutes).
-                    check = Some(Instant::now());
+                    p.check = Some(Instant::now());
                     continue;
                 }
                 Ok(()) = self.clock_jumps.changed() => {
-                    if SystemTime::now() < plan.at_wall {
+                    if self.wall.now() < p.plan.at_wall {
                         continue;
                     }
                     info!("the wall clock passed the planned refresh (suspend or clock jump): refreshing now");
@@ -293,117 +316,134 @@ impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
             };
             match outcome {
                 Ok((issued, sent, sent_wall, review)) => {
-                    attempt = 0;
-                    let verified = review == Some(Review::Confirmed);
-                    check = match review {
-                        Some(Review::Unsupported) | None => None,
-                        Some(_) => Some(Instant::now() + jittered(self.cluster.verify.interval)),
-                    };
-                    if review == Some(Review::Unsupported) && !unsupported_logged {
-                        unsupported_logged = true;
-                        info!(
-                            "the API server has no SelfSubjectReview (Kubernetes before 1.28): new tokens are written unverified"
-                        );
-                    }
-                    expired_reported = false;
-                    let requested = self.cluster.expiration;
-                    if schedule::is_shortened(requested, issued.lifetime) && !shortened_logged {
-                        shortened_logged = true;
-                        warn!(
-                            requested = ?requested,
-                            granted = ?issued.lifetime,
-                            server_warning = issued.warning.as_deref().unwrap_or(""),
-                            "the API server granted a shorter lifetime than requested (its --service-account-max-token-expiration); refreshing on the granted lifetime"
-                        );
-                    }
-                    let delay = schedule::refresh_after(
-                        issued.lifetime,
-                        self.cluster.refresh_at,
-                        rand::rng().random(),
-                    );
-                    plan = Plan::from(sent, sent_wall, delay);
-                    let expires_at = issued.claims.expiry();
-                    held = Some(Held {
-                        expires_at,
-                        valid_until: Some(sent + issued.lifetime),
-                    });
-                    let now = SystemTime::now();
-                    self.state.update(&name, |s| {
-                        s.state = Phase::Fresh;
-                        s.expires_at = Some(expires_at);
-                        s.issued_at = issued.claims.issued_at.map(unix);
-                        s.last_refresh = Some(now);
-                        s.next_refresh = Some(plan.at_wall);
-                        s.last_error = None;
-                        s.settled = true;
-                        s.refreshes += 1;
-                        s.credential_expires_at = issued.credential_expires_at;
-                        s.rejected_since = None;
-                        s.verified_at = verified.then_some(now);
-                    });
-                    info!(
-                        service_account = %self.cluster.service_account,
-                        expires_in = ?Duration::from_secs(expires_at.duration_since(now).unwrap_or_default().as_secs()),
-                        next_refresh_in = ?Duration::from_secs(delay.as_secs()),
-                        "token refreshed"
-                    );
-                    self.reload.request_reload();
-                    for tx in reply {
-                        let _ = tx.send(Ok(()));
-                    }
+                    self.succeeded(&mut p, issued, (sent, sent_wall), review, reply);
                 }
-                Err(error) => {
-                    let time_left = held.and_then(|h| h.time_left());
-                    let delay = schedule::backoff(
-                        attempt,
-                        time_left,
-                        retry_after(&error),
-                        rand::rng().random(),
-                    );
-                    attempt = attempt.saturating_add(1);
-                    plan = Plan::in_(delay);
-                    let phase = match (&error, time_left) {
-                        (_, Some(_)) => Phase::Backoff,
-                        (AttemptError::Issue(IssueError::Config(_)), None) => Phase::Error,
-                        (_, None) => Phase::Expired,
-                    };
-                    let label = error.metric_label();
-                    // The one choke point before the log, status and the
-                    // control socket: whatever the error quotes is shown safely.
-                    let message = crate::outside::text(&error.to_string());
-                    self.state.update(&name, |s| {
-                        s.state = phase;
-                        s.last_error = Some(message.clone());
-                        s.next_refresh = Some(plan.at_wall);
-                        s.settled = true;
-                        *s.errors.entry(label).or_default() += 1;
-                    });
-                    match (held, time_left) {
-                        (Some(h), None) if !expired_reported => {
-                            expired_reported = true;
-                            error!(
-                                service_account = %self.cluster.service_account,
-                                expired_at = %jiff_time(h.expires_at),
-                                error = %message,
-                                "the token expired before a refresh succeeded: Prometheus cannot scrape this cluster until one does; retrying"
-                            );
-                        }
-                        _ => warn!(
-                            service_account = %self.cluster.service_account,
-                            reason = label,
-                            error = %message,
-                            expires_in = %time_left.map_or_else(|| "expired".to_owned(), |d| format!("{:?}", Duration::from_secs(d.as_secs()))),
-                            retry_in = ?Duration::from_millis(delay.as_millis() as u64),
-                            "token refresh failed; keeping the current token"
-                        ),
-                    }
-                    for tx in reply {
-                        let _ = tx.send(Err(message.clone()));
-                    }
-                }
+                Err(error) => self.failed(&mut p, &error, reply),
             }
         }
         debug!("rotator stopped");
+    }
+
+    /// After a new token was written: plan its refresh and its next
+    /// review, update the status, ask for a reload, answer `reply`.
+    fn succeeded(
+        &self,
+        p: &mut Progress,
+        issued: IssuedToken,
+        (sent, sent_wall): (Instant, SystemTime),
+        review: Option<Review>,
+        reply: Vec<RotateReply>,
+    ) {
+        p.attempt = 0;
+        let verified = review == Some(Review::Confirmed);
+        p.check = match review {
+            Some(Review::Unsupported) | None => None,
+            Some(_) => Some(Instant::now() + jittered(self.cluster.verify.interval)),
+        };
+        if review == Some(Review::Unsupported) && !p.unsupported_logged {
+            p.unsupported_logged = true;
+            info!(
+                "the API server has no SelfSubjectReview (Kubernetes before 1.28): new tokens are written unverified"
+            );
+        }
+        p.expired_reported = false;
+        let requested = self.cluster.expiration;
+        if schedule::is_shortened(requested, issued.lifetime) && !p.shortened_logged {
+            p.shortened_logged = true;
+            warn!(
+                requested = ?requested,
+                granted = ?issued.lifetime,
+                server_warning = issued.warning.as_deref().unwrap_or(""),
+                "the API server granted a shorter lifetime than requested (its --service-account-max-token-expiration); refreshing on the granted lifetime"
+            );
+        }
+        let delay = schedule::refresh_after(
+            issued.lifetime,
+            self.cluster.refresh_at,
+            rand::rng().random(),
+        );
+        p.plan = Plan::from(sent, sent_wall, delay);
+        let expires_at = issued.claims.expiry();
+        p.held = Some(Held {
+            expires_at,
+            valid_until: Some(sent + issued.lifetime),
+        });
+        let now = self.wall.now();
+        self.state.update(&self.cluster.name, |s| {
+            s.state = Phase::Fresh;
+            s.expires_at = Some(expires_at);
+            s.issued_at = issued.claims.issued_at.map(unix);
+            s.last_refresh = Some(now);
+            s.next_refresh = Some(p.plan.at_wall);
+            s.last_error = None;
+            s.settled = true;
+            s.refreshes += 1;
+            s.credential_expires_at = issued.credential_expires_at;
+            s.rejected_since = None;
+            s.verified_at = verified.then_some(now);
+        });
+        info!(
+            service_account = %self.cluster.service_account,
+            expires_in = ?Duration::from_secs(expires_at.duration_since(now).unwrap_or_default().as_secs()),
+            next_refresh_in = ?Duration::from_secs(delay.as_secs()),
+            "token refreshed"
+        );
+        self.reload.request_reload();
+        for tx in reply {
+            let _ = tx.send(Ok(()));
+        }
+    }
+
+    /// After a failed attempt: keep the token, back off, report (the status,
+    /// the metric's reason, one log line), answer `reply` with the reason.
+    fn failed(&self, p: &mut Progress, error: &AttemptError, reply: Vec<RotateReply>) {
+        let time_left = p.held.and_then(|h| h.time_left(self.wall.now()));
+        let delay = schedule::backoff(
+            p.attempt,
+            time_left,
+            retry_after(error),
+            rand::rng().random(),
+        );
+        p.attempt = p.attempt.saturating_add(1);
+        p.plan = Plan::in_(delay, self.wall.now());
+        let phase = match (error, time_left) {
+            (_, Some(_)) => Phase::Backoff,
+            (AttemptError::Issue(IssueError::Config(_)), None) => Phase::Error,
+            (_, None) => Phase::Expired,
+        };
+        let label = error.metric_label();
+        // The one choke point before the log, status and the
+        // control socket: whatever the error quotes is shown safely.
+        let message = crate::outside::text(&error.to_string());
+        self.state.update(&self.cluster.name, |s| {
+            s.state = phase;
+            s.last_error = Some(message.clone());
+            s.next_refresh = Some(p.plan.at_wall);
+            s.settled = true;
+            *s.errors.entry(label).or_default() += 1;
+        });
+        match (p.held, time_left) {
+            (Some(h), None) if !p.expired_reported => {
+                p.expired_reported = true;
+                error!(
+                    service_account = %self.cluster.service_account,
+                    expired_at = %crate::text::rfc3339(h.expires_at),
+                    error = %message,
+                    "the token expired before a refresh succeeded: Prometheus cannot scrape this cluster until one does; retrying"
+                );
+            }
+            _ => warn!(
+                service_account = %self.cluster.service_account,
+                reason = label,
+                error = %message,
+                expires_in = %time_left.map_or_else(|| "expired".to_owned(), |d| format!("{:?}", Duration::from_secs(d.as_secs()))),
+                retry_in = ?Duration::from_millis(delay.as_millis() as u64),
+                "token refresh failed; keeping the current token"
+            ),
+        }
+        for tx in reply {
+            let _ = tx.send(Err(message.clone()));
+        }
     }
 
     /// Adopt the token on disk if it is for this ServiceAccount and audiences
@@ -423,7 +463,7 @@ impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
             }
         }
         let lifetime = claims.lifetime()?;
-        let now = SystemTime::now();
+        let now = self.wall.now();
         let issued = unix(claims.issued_at?);
         let age = now.duration_since(issued).unwrap_or_default();
         let delay = schedule::adopt(lifetime, age, cluster.refresh_at, draw)?;
@@ -445,7 +485,7 @@ impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
                 expires_at,
                 valid_until: None,
             },
-            Plan::in_(delay),
+            Plan::in_(delay, now),
         ))
     }
 
@@ -462,7 +502,7 @@ impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
         self.state
             .update(&self.cluster.name, |s| s.state = Phase::Refreshing);
         let sent = Instant::now();
-        let sent_wall = SystemTime::now();
+        let sent_wall = self.wall.now();
         let issued = tokio::select! {
             () = self.cancel.cancelled() => return None,
             issued = self.issuer.issue(&spec) => issued,
@@ -471,7 +511,7 @@ impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
             Ok(issued) => issued,
             Err(e) => return Some(Err(e.into())),
         };
-        if let Some(refused) = refuse(&self.cluster, &issued, SystemTime::now()) {
+        if let Some(refused) = refuse(&self.cluster, &issued, self.wall.now()) {
             return Some(Err(refused.into()));
         }
         let review = if self.cluster.verify.enabled {
@@ -510,7 +550,7 @@ impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
         let Some(token) = self
             .sink
             .current()
-            .filter(|t| t.claims().is_ok_and(|c| c.expiry() > SystemTime::now()))
+            .filter(|t| t.claims().is_ok_and(|c| c.expiry() > self.wall.now()))
         else {
             return Some(CheckOutcome::Keep(next));
         };
@@ -526,14 +566,14 @@ impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
         let name = &self.cluster.name;
         match verdict {
             Ok(Review::Confirmed) => {
-                let now = SystemTime::now();
+                let now = self.wall.now();
                 self.state.update(name, |s| s.verified_at = Some(now));
                 Some(CheckOutcome::Keep(next))
             }
             Ok(Review::Authenticated) => Some(CheckOutcome::Keep(next)),
             Ok(Review::Unsupported) => Some(CheckOutcome::Keep(None)),
             Err(IssueError::Rejected(why)) => {
-                let now = SystemTime::now();
+                let now = self.wall.now();
                 let expires_in = token
                     .claims()
                     .ok()
@@ -606,7 +646,7 @@ fn refuse(cluster: &ClusterSettings, issued: &IssuedToken, now: SystemTime) -> O
             message: format!(
                 "the API server issued a token that expired at {} by this host's clock: not \
                  written (compare the clocks of this host and the API server: timedatectl)",
-                jiff_time(claims.expiry())
+                crate::text::rfc3339(claims.expiry())
             ),
         });
     }
@@ -637,26 +677,24 @@ fn unix(secs: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(secs)
 }
 
-/// RFC 3339 rendering of a wall-clock time, for logs and status.
-pub fn jiff_time(t: SystemTime) -> String {
-    jiff::Timestamp::try_from(t)
-        .map(|t| t.round(jiff::Unit::Second).unwrap_or(t).to_string())
-        .unwrap_or_else(|_| "?".into())
-}
-
 /// Watch for wall-clock jumps against the monotonic clock once a minute and
 /// bump `jumps` when one happens (suspend/resume, a stepped clock). One task
 /// for all clusters: idle rotators are not woken otherwise.
-pub async fn watch_clock(jumps: watch::Sender<u64>, period: Duration, cancel: CancellationToken) {
+pub async fn watch_clock(
+    jumps: watch::Sender<u64>,
+    period: Duration,
+    clock: Wall,
+    cancel: CancellationToken,
+) {
     let tolerance = Duration::from_secs(5);
     let mut mono = Instant::now();
-    let mut wall = SystemTime::now();
+    let mut wall = clock.now();
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,
             () = tokio::time::sleep(period) => {}
         }
-        let (mono_now, wall_now) = (Instant::now(), SystemTime::now());
+        let (mono_now, wall_now) = (Instant::now(), clock.now());
         let mono_elapsed = mono_now - mono;
         let jumped = match wall_now.duration_since(wall) {
             Ok(wall_elapsed) => {
@@ -791,10 +829,14 @@ mod tests {
         handle: tokio::task::JoinHandle<()>,
         state: Arc<State>,
         commands: Arc<RotateRequests>,
-        _jumps: watch::Sender<u64>,
+        jumps: Option<watch::Sender<u64>>,
     }
 
     fn start(fail: Vec<usize>, sink: MemorySink) -> Harness {
+        start_with(fail, sink, crate::clock::system())
+    }
+
+    fn start_with(fail: Vec<usize>, sink: MemorySink, wall: Wall) -> Harness {
         let calls = Arc::new(AtomicUsize::new(0));
         let rejecting = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let state = Arc::new(State::default());
@@ -822,6 +864,7 @@ mod tests {
             clock_jumps,
             commands: commands.clone(),
             cancel: cancel.clone(),
+            wall,
         };
         Harness {
             calls,
@@ -832,8 +875,66 @@ mod tests {
             handle: tokio::spawn(rotator.run()),
             state,
             commands,
-            _jumps: jumps,
+            jumps: Some(jumps),
         }
+    }
+
+    /// A wall clock that runs with tokio's (paused) clock from the real time
+    /// at its creation, and that a test steps forward as a suspend would.
+    struct SteppedClock {
+        base: SystemTime,
+        start: Instant,
+        steps: Mutex<Duration>,
+    }
+
+    impl SteppedClock {
+        fn new() -> Arc<Self> {
+            Arc::new(SteppedClock {
+                base: SystemTime::now(),
+                start: Instant::now(),
+                steps: Mutex::new(Duration::ZERO),
+            })
+        }
+
+        fn step(&self, by: Duration) {
+            *self.steps.lock().unwrap() += by;
+        }
+    }
+
+    impl crate::clock::WallClock for SteppedClock {
+        fn now(&self) -> SystemTime {
+            self.base + self.start.elapsed() + *self.steps.lock().unwrap()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wall_clock_jump_past_the_planned_refresh_refreshes_at_once() {
+        let clock = SteppedClock::new();
+        let mut h = start_with(vec![], MemorySink::default(), clock.clone());
+        tokio::spawn(watch_clock(
+            h.jumps.take().unwrap(),
+            Duration::from_secs(60),
+            clock.clone(),
+            h.cancel.clone(),
+        ));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(h.calls.load(Ordering::SeqCst), 1);
+        // Suspended for 10 minutes: the wall clock moved, tokio's did not.
+        // The refresh (46 to 48 minutes after the request) is still ahead.
+        clock.step(Duration::from_secs(10 * 60));
+        tokio::time::sleep(Duration::from_secs(2 * 60)).await;
+        assert_eq!(h.calls.load(Ordering::SeqCst), 1, "the refresh is ahead");
+        // 40 more minutes: on the wall clock the refresh is past (about 53
+        // minutes after the request), on tokio's clock 3 minutes have gone.
+        clock.step(Duration::from_secs(40 * 60));
+        tokio::time::sleep(Duration::from_secs(2 * 60)).await;
+        assert_eq!(
+            h.calls.load(Ordering::SeqCst),
+            2,
+            "refreshed once the jump was seen"
+        );
+        h.cancel.cancel();
+        h.handle.await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]
@@ -956,21 +1057,21 @@ mod tests {
             expires_at: now + Duration::from_secs(3600),
             valid_until: Some(Instant::now() + Duration::from_secs(600)),
         };
-        let left = held.time_left().unwrap();
+        let left = held.time_left(SystemTime::now()).unwrap();
         assert!(left <= Duration::from_secs(600), "{left:?}");
         // Paused time moves the monotonic clock only: the token runs out on it.
         tokio::time::advance(Duration::from_secs(601)).await;
-        assert_eq!(held.time_left(), None);
+        assert_eq!(held.time_left(SystemTime::now()), None);
         let adopted = Held {
             expires_at: now + Duration::from_secs(60),
             valid_until: None,
         };
-        assert!(adopted.time_left().unwrap() <= Duration::from_secs(60));
+        assert!(adopted.time_left(SystemTime::now()).unwrap() <= Duration::from_secs(60));
         let expired = Held {
             expires_at: now - Duration::from_secs(1),
             valid_until: Some(Instant::now() + Duration::from_secs(60)),
         };
-        assert_eq!(expired.time_left(), None);
+        assert_eq!(expired.time_left(SystemTime::now()), None);
     }
 
     #[test]

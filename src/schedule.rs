@@ -116,6 +116,21 @@ pub fn backoff(
     }
 }
 
+/// Longest wait between failed reloads of Prometheus, and the wait after
+/// a failure that only an operator can fix.
+pub const RELOAD_BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// Delay after the `failures`-th failed reload in a row (0 for the first):
+/// doubling from 1 s to 256 s (within [`RELOAD_BACKOFF_MAX`]). A failure that needs an
+/// operator (403: the lifecycle API is off; 401) waits the maximum at once:
+/// nothing changes until someone acts. Reloads never block rotation.
+pub fn reload_backoff(failures: u32, needs_operator: bool) -> Duration {
+    if needs_operator {
+        return RELOAD_BACKOFF_MAX;
+    }
+    Duration::from_secs(1u64 << failures.min(8)).min(RELOAD_BACKOFF_MAX)
+}
+
 /// Whether the server granted noticeably less than was asked for
 /// (more than 1 % and more than 1 s short).
 pub fn is_shortened(requested: Duration, granted: Duration) -> bool {
@@ -126,6 +141,16 @@ pub fn is_shortened(requested: Duration, granted: Duration) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reload_retries_double_from_one_second_and_operator_failures_wait_five_minutes() {
+        let waits: Vec<u64> = (0..10)
+            .map(|n| reload_backoff(n, false).as_secs())
+            .collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 64, 128, 256, 256]);
+        assert_eq!(reload_backoff(u32::MAX, false), Duration::from_secs(256));
+        assert_eq!(reload_backoff(0, true), RELOAD_BACKOFF_MAX);
+    }
 
     const H: Duration = Duration::from_secs(3600);
     const S: fn(u64) -> Duration = Duration::from_secs;

@@ -11,71 +11,30 @@
 //! file, `<token_file>.chain`, holding `{"started_at":"<RFC 3339>"}`. `mcprom
 //! seed` writes it atomically; renewals never move it.
 //!
-//! The daemon's hook is in the issuer: [`check_chain`] runs before each
-//! renewal and [`broken_chain`] explains a 401. Nothing here prints a token.
+//! The daemon renews through [`SelfRenewing`], an issuer wrapping the
+//! cluster's kube issuer: [`check_chain`] runs before each renewal and
+//! [`broken_chain`] explains a 401. Messages name the config file they were
+//! given (`mcprom --config PATH seed …`). Nothing here prints a token.
 
 use std::ffi::OsString;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use crate::config::{self, ClusterSettings, Credentials};
-use crate::issuer::IssueError;
+use crate::issuer::{IssueError, Issuer, Review, TokenSpec};
 use crate::sink::{self, SinkError};
-use crate::token::{MAX_TOKEN_LEN, Token, TokenError};
+use crate::text::rfc3339;
+use crate::token::{IssuedToken, MAX_TOKEN_LEN, Token, TokenError};
 
 /// Suffix of the sidecar file that records when the chain was seeded.
 pub const CHAIN_SUFFIX: &str = ".chain";
 
-/// The config file named on the command line, when it is not the default,
-/// so that the re-seed instruction can say `mcprom --config PATH seed …`.
-static CONFIG_PATH: OnceLock<PathBuf> = OnceLock::new();
-
-/// Remember the config file this process runs with (for the re-seed
-/// instruction only). The default path is left out of the instruction.
-pub fn remember_config_path(path: &Path) {
-    if path != Path::new(config::DEFAULT_PATH) {
-        let _ = CONFIG_PATH.set(path.to_path_buf());
-    }
-}
-
-/// How to invoke mcprom with the config file of this process: `mcprom`,
-/// or `mcprom --config PATH` when it is not the default.
-pub fn mcprom_command() -> String {
-    match CONFIG_PATH.get() {
-        Some(p) => format!("mcprom --config {}", shell_word(&p.to_string_lossy())),
-        None => "mcprom".to_owned(),
-    }
-}
-
-/// The exact command that re-seeds `cluster`, e.g.
-/// `kubectl create token prometheus -n kube-system --duration 24h | mcprom seed prod`.
-pub fn reseed_command(cluster: &ClusterSettings) -> String {
-    format!(
-        "kubectl create token {} -n {} --duration 24h | {} seed {}",
-        cluster.service_account.name,
-        cluster.service_account.namespace,
-        mcprom_command(),
-        cluster.name
-    )
-}
-
-/// Quote `word` for a POSIX shell when it needs it.
-fn shell_word(word: &str) -> String {
-    let plain = !word.is_empty()
-        && word
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"/._-+:=@,".contains(&b));
-    if plain {
-        word.to_owned()
-    } else {
-        format!("'{}'", word.replace('\'', r"'\''"))
-    }
-}
+pub use crate::config::{mcprom_command, reseed_command};
 
 /// The sidecar file of `token_file`: `<token_file>.chain`.
 pub fn chain_file(token_file: &Path) -> PathBuf {
@@ -128,7 +87,11 @@ pub fn write_chain_start(cluster: &ClusterSettings, started: SystemTime) -> Resu
 /// A chain whose start was never recorded (seeded by hand, or before
 /// `max_chain_age` was set) is counted from the `iat` of the token on disk,
 /// which is then recorded, so renewals cannot keep it young.
-pub fn check_chain(cluster: &ClusterSettings, now: SystemTime) -> Result<(), IssueError> {
+pub fn check_chain(
+    cluster: &ClusterSettings,
+    config: &Path,
+    now: SystemTime,
+) -> Result<(), IssueError> {
     let Some(max) = cluster.max_chain_age else {
         return Ok(());
     };
@@ -160,7 +123,7 @@ pub fn check_chain(cluster: &ClusterSettings, now: SystemTime) -> Result<(), Iss
                 "cannot read {} (the start of the self-renewal chain, needed by max_chain_age): {e}; \
                  re-seed to start a new chain: {}",
                 chain.display(),
-                reseed_command(cluster)
+                reseed_command(config, cluster)
             )));
         }
     };
@@ -171,14 +134,14 @@ pub fn check_chain(cluster: &ClusterSettings, now: SystemTime) -> Result<(), Iss
              renewing it, and the current token stops working when it expires; re-seed it: {}",
             rfc3339(started),
             config::format_duration(max),
-            reseed_command(cluster)
+            reseed_command(config, cluster)
         )));
     }
     let left = max - age;
     if left < max / 4 {
         warn!(
             chain_ends_in = %config::format_duration(Duration::from_secs(left.as_secs())),
-            reseed = %reseed_command(cluster),
+            reseed = %reseed_command(config, cluster),
             "the self-renewal chain nears max_chain_age: mcprom stops renewing then; re-seed before"
         );
     }
@@ -190,6 +153,7 @@ pub fn check_chain(cluster: &ClusterSettings, now: SystemTime) -> Result<(), Iss
 /// exactly how to re-seed.
 pub fn broken_chain(
     cluster: &ClusterSettings,
+    config: &Path,
     server_message: &str,
     now: SystemTime,
 ) -> IssueError {
@@ -209,17 +173,68 @@ pub fn broken_chain(
     IssueError::ChainBroken(format!(
         "the self-renewal chain is broken: the API server rejected the cluster's own token \
          (401 {server_message}); {why}. mcprom cannot renew it by itself: re-seed it: {}",
-        reseed_command(cluster)
+        reseed_command(config, cluster)
     ))
 }
 
-/// The error for a self-renewing cluster whose token file cannot be read.
-pub fn unreadable_token(cluster: &ClusterSettings, error: &io::Error) -> IssueError {
-    IssueError::Config(format!(
-        "token_file {} (the self-renewal credential): {error}; seed it: {}",
-        cluster.token_file.display(),
-        reseed_command(cluster)
-    ))
+/// Self-renewal around another issuer (the cluster's kube issuer, whose
+/// credential is the cluster's own token file): before each renewal the
+/// chain's age is checked, a 401 becomes a broken chain that only a new
+/// seed repairs, and the credential's expiry is the new token's.
+#[derive(Debug, Clone)]
+pub struct SelfRenewing<I> {
+    inner: I,
+    cluster: Arc<ClusterSettings>,
+    config: Arc<Path>,
+}
+
+impl<I> SelfRenewing<I> {
+    /// Renew `cluster` through `inner`; messages name the config file
+    /// `config` in the re-seed command.
+    pub fn new(inner: I, cluster: Arc<ClusterSettings>, config: Arc<Path>) -> Self {
+        SelfRenewing {
+            inner,
+            cluster,
+            config,
+        }
+    }
+}
+
+impl<I: Issuer> Issuer for SelfRenewing<I> {
+    async fn issue(&self, spec: &TokenSpec) -> Result<IssuedToken, IssueError> {
+        let cluster = &self.cluster;
+        check_chain(cluster, &self.config, SystemTime::now())?;
+        if let Err(e) = config::input::read_token(&cluster.token_file) {
+            return Err(IssueError::Config(format!(
+                "token_file {} (the self-renewal credential): {}; seed it: {}",
+                cluster.token_file.display(),
+                io::Error::from(e),
+                reseed_command(&self.config, cluster)
+            )));
+        }
+        match self.inner.issue(spec).await {
+            Ok(mut issued) => {
+                // The credential is the token just issued.
+                issued.credential_expires_at = Some(issued.claims.expiry());
+                Ok(issued)
+            }
+            Err(IssueError::Unauthorized(message)) => Err(broken_chain(
+                cluster,
+                &self.config,
+                &message,
+                SystemTime::now(),
+            )),
+            Err(other) => Err(other),
+        }
+    }
+
+    async fn review(&self, token: &Token) -> Result<Review, IssueError> {
+        self.inner.review(token).await
+    }
+
+    async fn verify(&self, issued: &IssuedToken) -> Result<Review, IssueError> {
+        self.inner.verify(issued).await
+    }
 }
 
 /// Why `mcprom seed` refused a token. Never contains the token.
@@ -327,18 +342,20 @@ pub fn seed(
     })
 }
 
-/// RFC 3339, to the second.
-pub fn rfc3339(t: SystemTime) -> String {
-    jiff::Timestamp::try_from(t)
-        .map(|t| t.round(jiff::Unit::Second).unwrap_or(t).to_string())
-        .unwrap_or_else(|_| "?".into())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ServiceAccountRef;
     use base64::Engine as _;
+
+    /// The chain check, with the default config file in its messages.
+    fn check(c: &ClusterSettings, now: SystemTime) -> Result<(), IssueError> {
+        check_chain(c, Path::new(config::DEFAULT_PATH), now)
+    }
+
+    /// The broken-chain error, with the default config file in its message.
+    fn broken(c: &ClusterSettings, server_message: &str, now: SystemTime) -> IssueError {
+        broken_chain(c, Path::new(config::DEFAULT_PATH), server_message, now)
+    }
 
     fn jwt(claims: &str) -> String {
         let e = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
@@ -351,23 +368,10 @@ mod tests {
 
     fn cluster(dir: &Path, credentials: Credentials) -> ClusterSettings {
         ClusterSettings {
-            name: "prod".into(),
-            api_server: Some("https://10.0.0.1:6443".parse().unwrap()),
-            ca_file: None,
-            insecure_skip_tls_verify: false,
-            service_account: ServiceAccountRef {
-                namespace: "kube-system".into(),
-                name: "prometheus".into(),
-            },
             token_file: dir.join("prod.token"),
-            audiences: vec![],
-            expiration: Duration::from_secs(3600),
             refresh_at: 0.5,
-            file_mode: 0o640,
-            file_group: None,
             credentials,
-            max_chain_age: None,
-            verify: Default::default(),
+            ..ClusterSettings::example()
         }
     }
 
@@ -451,8 +455,8 @@ mod tests {
         let mut c = cluster(dir.path(), Credentials::SelfRenew);
         c.max_chain_age = Some(Duration::from_secs(86_400));
         seed(&c, &mut valid_seed().as_bytes(), now()).unwrap();
-        assert!(check_chain(&c, now() + Duration::from_secs(86_399)).is_ok());
-        let e = check_chain(&c, now() + Duration::from_secs(86_400)).unwrap_err();
+        assert!(check(&c, now() + Duration::from_secs(86_399)).is_ok());
+        let e = check(&c, now() + Duration::from_secs(86_400)).unwrap_err();
         assert_eq!(e.metric_label(), "chain_too_old");
         let text = e.to_string();
         assert!(text.contains("max_chain_age (1d)"), "{text}");
@@ -464,7 +468,7 @@ mod tests {
         );
         // Without a limit, age does not matter.
         c.max_chain_age = None;
-        assert!(check_chain(&c, now() + Duration::from_secs(10 * 86_400)).is_ok());
+        assert!(check(&c, now() + Duration::from_secs(10 * 86_400)).is_ok());
     }
 
     #[test]
@@ -474,15 +478,15 @@ mod tests {
         c.max_chain_age = Some(Duration::from_secs(100));
         std::fs::write(&c.token_file, valid_seed()).unwrap();
         // iat is 10 s before now().
-        assert!(check_chain(&c, now()).is_ok());
+        assert!(check(&c, now()).is_ok());
         assert_eq!(
             read_chain_start(&c.token_file).unwrap(),
             Some(now() - Duration::from_secs(10))
         );
-        assert!(check_chain(&c, now() + Duration::from_secs(90)).is_err());
+        assert!(check(&c, now() + Duration::from_secs(90)).is_err());
         // A garbled chain file is an error, not a fresh start.
         std::fs::write(chain_file(&c.token_file), "{").unwrap();
-        let e = check_chain(&c, now()).unwrap_err();
+        let e = check(&c, now()).unwrap_err();
         assert!(e.to_string().contains("re-seed"), "{e}");
     }
 
@@ -492,18 +496,12 @@ mod tests {
         let c = cluster(dir.path(), Credentials::SelfRenew);
         std::fs::write(&c.token_file, valid_seed()).unwrap();
         let after = UNIX_EPOCH + Duration::from_secs(1_800_086_401);
-        let e = broken_chain(&c, "Unauthorized", after);
+        let e = broken(&c, "Unauthorized", after);
         assert_eq!(e.metric_label(), "chain_broken");
         let text = e.to_string();
         assert!(text.contains("expired at 2027-01-16T08:00:00Z"), "{text}");
         assert!(text.contains("| mcprom seed prod"), "{text}");
-        let text = broken_chain(&c, "Unauthorized", now()).to_string();
+        let text = broken(&c, "Unauthorized", now()).to_string();
         assert!(text.contains("recreated"), "{text}");
-    }
-
-    #[test]
-    fn the_reseed_command_quotes_what_a_shell_would_split() {
-        assert_eq!(shell_word("/etc/mcprom.toml"), "/etc/mcprom.toml");
-        assert_eq!(shell_word("/tmp/a b/it's.toml"), r"'/tmp/a b/it'\''s.toml'");
     }
 }

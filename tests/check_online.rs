@@ -796,3 +796,108 @@ async fn mint_checks_identity_and_audience_and_the_token_on_disk_is_reviewed() {
     let claims_seen = sim.stats().await["clusters"]["c1"]["last_exp"].clone();
     assert!(claims_seen.is_object(), "c1 minted: {claims_seen}");
 }
+
+/// The daemon (the issuer's TokenRequest, whose reason labels
+/// `mcprom_token_refresh_errors_total`) and the checklist classify the same
+/// failure the same way: a connection dropped mid-handshake or
+/// mid-request is `unreachable` in both (the checklist used to call
+/// anything mentioning TLS a TLS failure), a certificate from another CA
+/// `tls`, a rejected credential `unauthorized`, a 503 `server_error`.
+#[tokio::test]
+async fn the_daemon_and_the_checklist_give_each_failure_the_same_reason() {
+    use mcprom::issuer::Issuer as _;
+
+    let sim = Sim::start(&["--clusters", "5"]);
+    for (cluster, fault) in [
+        (
+            "c2",
+            serde_json::json!({"count": 100, "kind": "reset", "scope": "all"}),
+        ),
+        (
+            "c4",
+            serde_json::json!({"count": 100, "kind": "status", "code": 503, "scope": "all"}),
+        ),
+    ] {
+        sim.control(
+            reqwest::Method::POST,
+            &format!("/clusters/{cluster}/faults"),
+            Some(fault),
+        )
+        .await;
+    }
+    // A loopback server that accepts connections and drops them unanswered,
+    // before the TLS handshake completes. It lives as long as the test.
+    let dropper = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dropper_port = dropper.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((connection, _)) = dropper.accept().await {
+            drop(connection);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let bogus = dir.path().join("bogus.token");
+    std::fs::write(&bogus, "eyJhbGciOiJFUzI1NiJ9.e30.c2lnbmF0dXJl").unwrap();
+    // c1 trusts another cluster's CA; c3 presents a token no one issued;
+    // c5's address drops every connection.
+    let extra = [
+        (
+            "c1",
+            format!("ca_file = \"{}\"", sim.ca_file("c2").display()),
+        ),
+        (
+            "c3",
+            format!(
+                "api_server = \"{}\"\nca_file = \"{}\"",
+                sim.api_server("c3"),
+                sim.ca_file("c3").display()
+            ),
+        ),
+        (
+            "c5",
+            format!("api_server = \"https://127.0.0.1:{dropper_port}\""),
+        ),
+    ];
+    let conf = Conf {
+        cluster_extra: extra.map(|(name, lines)| (name.to_owned(), lines)).into(),
+        credentials: vec![("c3".into(), format!("token_file = \"{}\"", bogus.display()))],
+        ..Conf::default()
+    };
+    let config = write_config(&sim, dir.path(), &conf, None);
+    let settings = mcprom::config::load(&config).expect("the test's config loads");
+    let expected = [
+        ("c1", "tls"),
+        ("c2", "unreachable"),
+        ("c3", "unauthorized"),
+        ("c4", "server_error"),
+        ("c5", "unreachable"),
+    ];
+    for (name, reason) in expected {
+        let cluster = settings
+            .clusters
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap()
+            .clone();
+        let issuer = mcprom::issuer::KubeIssuer::new(cluster.clone(), Duration::from_secs(10));
+        let spec = mcprom::issuer::TokenSpec {
+            expiration: Duration::from_secs(3600),
+            audiences: Vec::new(),
+        };
+        let daemon = issuer
+            .issue(&spec)
+            .await
+            .expect_err("the TokenRequest must fail");
+        let section = mcprom::online::check_cluster(&cluster, &config, false).await;
+        let failed = section
+            .checks
+            .iter()
+            .find(|c| c.mark == mcprom::online::Mark::Fail)
+            .unwrap_or_else(|| panic!("cluster {name}: no failed line:\n{}", section.render()));
+        assert_eq!(
+            (daemon.metric_label(), failed.reason),
+            (reason, Some(reason)),
+            "cluster {name}: the daemon said {daemon}; the checklist:\n{}",
+            section.render()
+        );
+    }
+}

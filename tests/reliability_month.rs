@@ -305,6 +305,7 @@ async fn month(name: &str, lifetime: Duration, refresh_at: f64, days: u32, seed:
         state,
         limiter: Arc::new(Semaphore::new(1)),
         clock_jumps,
+        wall: mcprom::clock::system(),
         commands: mcprom::rotator::RotateRequests::new(),
         cancel: cancel.clone(),
     };

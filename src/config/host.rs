@@ -39,12 +39,12 @@ pub fn host_problems(settings: &Settings) -> Vec<HostProblem> {
     ];
     for (key, path) in prometheus_files {
         if let Some(path) = path {
-            problems.extend(unreadable(None, key, path));
+            problems.extend(unreadable(&settings.path, None, key, path));
         }
     }
     for cluster in &settings.clusters {
         for (key, path) in input_files(cluster) {
-            problems.extend(unreadable(Some(cluster), key, &path));
+            problems.extend(unreadable(&settings.path, Some(cluster), key, &path));
         }
         if let Some(group) = &cluster.file_group
             && let Some(why) = missing_group(group)
@@ -139,7 +139,12 @@ fn check_input(key: &str, path: &Path) -> Result<(), super::input::InputError> {
     }
 }
 
-fn unreadable(cluster: Option<&ClusterSettings>, key: &str, path: &Path) -> Option<HostProblem> {
+fn unreadable(
+    config: &Path,
+    cluster: Option<&ClusterSettings>,
+    key: &str,
+    path: &Path,
+) -> Option<HostProblem> {
     let error = check_input(key, path).err()?;
     let who = match cluster {
         Some(c) => format!("cluster {:?}", c.name),
@@ -148,7 +153,7 @@ fn unreadable(cluster: Option<&ClusterSettings>, key: &str, path: &Path) -> Opti
     let hint = match (error.kind, key, cluster) {
         (Some(std::io::ErrorKind::NotFound), "credentials.self", Some(c)) => format!(
             "bootstrap it once with `{}`, which stores a first token read from stdin",
-            crate::selfrenew::reseed_command(c)
+            super::reseed_command(config, c)
         ),
         (Some(std::io::ErrorKind::NotFound), _, _) => {
             format!("put the file there, or correct {key} in the config file")

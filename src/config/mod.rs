@@ -6,7 +6,11 @@
 //! - `validate.rs` turns them into [`Settings`]: defaults, absolute paths,
 //!   domain types, and the checks that need only the file;
 //! - `host.rs` checks settings against this machine ([`host_problems`]) and
-//!   gives advice ([`warnings`]).
+//!   gives advice ([`warnings`]);
+//! - `error.rs` holds [`ConfigError`], `report.rs` collects problems with
+//!   their positions, `duration.rs` parses and prints durations,
+//!   `settings.rs` the validated types, [`input`] reads the files settings
+//!   name, [`watch`] follows the file's directory.
 //!
 //! Two kinds of problems, two behaviours (see DESIGN.md): a [`ConfigError`]
 //! means the file is wrong and mcprom refuses it; a [`HostProblem`] means the
@@ -14,6 +18,7 @@
 
 mod decode;
 mod duration;
+mod error;
 pub mod file;
 mod host;
 pub mod input;
@@ -23,9 +28,9 @@ pub mod validate;
 pub mod watch;
 
 pub use duration::{format_duration, parse_duration};
+pub use error::ConfigError;
 pub use host::{HostProblem, host_problems, warnings};
 pub use settings::*;
-pub use validate::ConfigError;
 
 /// The closest of `candidates` to a misspelled `word`, if one is close
 /// enough to be what was meant (the config's "did you mean").

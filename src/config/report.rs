@@ -5,7 +5,7 @@ use std::cell::OnceCell;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use super::validate::ConfigError;
+use super::error::ConfigError;
 
 /// Problems found so far in one file.
 pub(crate) struct Report<'a> {

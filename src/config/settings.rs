@@ -4,7 +4,8 @@
 //! absolute (relative paths in the file are resolved against the config
 //! file's directory), every duration a [`Duration`], every URL a [`Url`].
 
-use std::path::PathBuf;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use url::Url;
@@ -74,7 +75,7 @@ pub struct ControlSettings {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
     /// TokenRequests in flight at once across all clusters (default 32, ≥ 1).
-    pub concurrent_requests: usize,
+    pub concurrent_requests: NonZeroUsize,
     /// How long one kubeconfig exec plugin run may take before its process
     /// group is killed (default 30 s).
     pub exec_timeout: std::time::Duration,
@@ -200,5 +201,80 @@ impl ClusterSettings {
             Credentials::SelfRenew => {}
         }
         files
+    }
+}
+
+/// How to invoke mcprom with the config file `config`: `mcprom`, or
+/// `mcprom --config PATH` when it is not the default.
+pub fn mcprom_command(config: &Path) -> String {
+    if config == Path::new(super::DEFAULT_PATH) {
+        "mcprom".to_owned()
+    } else {
+        format!("mcprom --config {}", shell_word(&config.to_string_lossy()))
+    }
+}
+
+/// The exact command that re-seeds `cluster`, e.g.
+/// `kubectl create token prometheus -n kube-system --duration 24h | mcprom seed prod`.
+pub fn reseed_command(config: &Path, cluster: &ClusterSettings) -> String {
+    format!(
+        "kubectl create token {} -n {} --duration 24h | {} seed {}",
+        cluster.service_account.name,
+        cluster.service_account.namespace,
+        mcprom_command(config),
+        cluster.name
+    )
+}
+
+/// Quote `word` for a POSIX shell when it needs it.
+fn shell_word(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-+:=@,".contains(&b));
+    if plain {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+#[cfg(test)]
+impl ClusterSettings {
+    /// A cluster for unit tests: "prod" at https://10.0.0.1:6443, minting
+    /// 1-hour tokens for kube-system/prometheus into
+    /// /var/lib/mcprom/tokens/prod.token, refreshed at 0.8, self-renewing;
+    /// each test changes what it is about.
+    pub(crate) fn example() -> ClusterSettings {
+        ClusterSettings {
+            name: "prod".into(),
+            api_server: Some("https://10.0.0.1:6443".parse().unwrap()),
+            ca_file: None,
+            insecure_skip_tls_verify: false,
+            service_account: ServiceAccountRef {
+                namespace: "kube-system".into(),
+                name: "prometheus".into(),
+            },
+            token_file: "/var/lib/mcprom/tokens/prod.token".into(),
+            audiences: vec![],
+            expiration: Duration::from_secs(3600),
+            refresh_at: 0.8,
+            file_mode: 0o640,
+            file_group: None,
+            credentials: Credentials::SelfRenew,
+            max_chain_age: None,
+            verify: Verify::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reseed_command_quotes_what_a_shell_would_split() {
+        assert_eq!(shell_word("/etc/mcprom.toml"), "/etc/mcprom.toml");
+        assert_eq!(shell_word("/tmp/a b/it's.toml"), r"'/tmp/a b/it'\''s.toml'");
     }
 }

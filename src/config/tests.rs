@@ -588,7 +588,7 @@ fn defaults_are_applied() {
         settings.control.socket,
         PathBuf::from("/run/mcprom/control.sock")
     );
-    assert_eq!(settings.limits.concurrent_requests, 32);
+    assert_eq!(settings.limits.concurrent_requests.get(), 32);
     let c = &settings.clusters[0];
     assert_eq!(
         **c,
@@ -854,8 +854,12 @@ fn host_problems_check_prometheus_files_and_self_renewal_tokens() {
             .starts_with("[prometheus]: key \"bearer_token_file\": cannot read")
     );
     assert_eq!(problems[0].cluster, None);
+    // The hint names the config file it was given (not the default one).
     assert!(
-        problems[1].message.contains("mcprom seed prod"),
+        problems[1].message.contains(&format!(
+            "mcprom --config {} seed prod",
+            dir.path().join("mcprom.toml").display()
+        )),
         "{}",
         problems[1]
     );

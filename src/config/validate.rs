@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use url::Url;
 
 use super::decode::{cluster_label, decode};
 use super::duration::parse_duration;
+pub use super::error::ConfigError;
 use super::file::{ClusterFile, CredentialsFile, DefaultsFile, FileConfig, ModeValue};
 use super::report::{Report, did_you_mean};
 use super::settings::*;
@@ -33,7 +35,7 @@ const SELF_RENEW_REFRESH_AT: f64 = 0.5;
 const DEFAULT_FILE_MODE: u32 = 0o640;
 const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9719";
 const DEFAULT_CONTROL_SOCKET: &str = "/run/mcprom/control.sock";
-const DEFAULT_CONCURRENT_REQUESTS: usize = 32;
+const DEFAULT_CONCURRENT_REQUESTS: NonZeroUsize = NonZeroUsize::new(32).unwrap();
 /// Most TokenRequests in flight at once: each costs ~72 KB of client state,
 /// and no API server front end wants more from one host.
 const MAX_CONCURRENT_REQUESTS: usize = 1024;
@@ -44,66 +46,6 @@ const MAX_PROMETHEUS_WAIT: Duration = Duration::from_secs(600);
 const MAX_EXPIRATION: Duration = Duration::from_secs((1 << 32) - 1);
 /// Longest `max_chain_age`: ten years.
 const MAX_CHAIN_AGE: Duration = Duration::from_secs(10 * 365 * 86_400);
-
-/// The configuration could not be used: the file is unreadable or wrong.
-///
-/// `mcprom run` refuses to start on it (exit 78); a live reload keeps the
-/// last good configuration.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read (missing, permissions, not UTF-8).
-    #[error("{message}")]
-    Unreadable {
-        /// The file (absolute).
-        path: PathBuf,
-        /// `cannot read /etc/mcprom.toml: No such file or directory (os error 2) (hint)`.
-        message: String,
-        /// What the OS said, for callers that treat "missing" specially.
-        kind: std::io::ErrorKind,
-    },
-    /// The file was read, and has one or more problems.
-    #[error("{}", problems.join("\n"))]
-    Invalid {
-        /// The file (absolute).
-        path: PathBuf,
-        /// One line per problem, in file order:
-        /// `/etc/mcprom.toml:14:1: cluster "prod": unknown key "servce_account" (did you mean "service_account"?)`.
-        problems: Vec<String>,
-    },
-}
-
-impl ConfigError {
-    /// Every problem, one line each (a single line for an unreadable file).
-    pub fn problems(&self) -> &[String] {
-        match self {
-            ConfigError::Unreadable { message, .. } => std::slice::from_ref(message),
-            ConfigError::Invalid { problems, .. } => problems,
-        }
-    }
-
-    /// The config file concerned (absolute).
-    pub fn path(&self) -> &Path {
-        match self {
-            ConfigError::Unreadable { path, .. } | ConfigError::Invalid { path, .. } => path,
-        }
-    }
-
-    pub(crate) fn unreadable(path: &Path, error: &std::io::Error) -> Self {
-        let hint = match error.kind() {
-            std::io::ErrorKind::NotFound => {
-                "create it (config/mcprom.toml is the documented reference) or pass --config PATH"
-            }
-            std::io::ErrorKind::PermissionDenied => "make it readable by the user mcprom runs as",
-            std::io::ErrorKind::InvalidData => "the file must be UTF-8 text",
-            _ => "check the path given with --config or MCPROM_CONFIG",
-        };
-        ConfigError::Unreadable {
-            path: path.to_path_buf(),
-            message: format!("cannot read {}: {error} ({hint})", path.display()),
-            kind: error.kind(),
-        }
-    }
-}
 
 /// Makes `path` absolute against the current directory, without touching
 /// the file system beyond that.
@@ -233,8 +175,8 @@ impl Validator<'_> {
             .unwrap_or(crate::exec::DEFAULT_EXEC_TIMEOUT);
         let concurrent_requests = match limits.concurrent_requests {
             None => DEFAULT_CONCURRENT_REQUESTS,
-            Some(n) => match usize::try_from(*n.get_ref()) {
-                Ok(n) if (1..=MAX_CONCURRENT_REQUESTS).contains(&n) => n,
+            Some(n) => match usize::try_from(*n.get_ref()).map(NonZeroUsize::new) {
+                Ok(Some(n)) if n.get() <= MAX_CONCURRENT_REQUESTS => n,
                 _ => {
                     self.error(
                         n.span().start,

@@ -23,7 +23,8 @@ use kube::config::AuthInfo;
 use rustls_pki_types::{CertificateDer, pem::PemObject};
 use secrecy::ExposeSecret;
 
-use super::{comment, decode_data, kubeconfig_entry};
+use super::{comment, decode_data};
+use crate::apiserver::kubeconfig_entry;
 use crate::config::{ClusterSettings, Credentials, ServiceAccountRef};
 use crate::token::Claims;
 
@@ -392,7 +393,7 @@ impl Manifests {
                  The ServiceAccount whose short-lived tokens Prometheus scrapes with.",
                 cluster = self.cluster,
                 config = config.display(),
-                mcprom = crate::selfrenew::mcprom_command(),
+                mcprom = crate::selfrenew::mcprom_command(config),
             ),
             to_yaml(&self.service_account)?,
         );
@@ -476,27 +477,15 @@ pub fn render(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn cluster(credentials: Credentials) -> ClusterSettings {
         ClusterSettings {
-            name: "prod".into(),
-            api_server: Some("https://10.0.0.1:6443".parse().unwrap()),
-            ca_file: None,
-            insecure_skip_tls_verify: false,
             service_account: ServiceAccountRef {
                 namespace: "monitoring".into(),
                 name: "prometheus".into(),
             },
-            token_file: "/var/lib/mcprom/tokens/prod.token".into(),
-            audiences: vec![],
-            expiration: Duration::from_secs(3600),
-            refresh_at: 0.8,
-            file_mode: 0o640,
-            file_group: None,
             credentials,
-            max_chain_age: None,
-            verify: Default::default(),
+            ..ClusterSettings::example()
         }
     }
 

@@ -20,12 +20,19 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Node;
+use kube::api::ObjectList;
+use kube::config::AuthInfo;
 use rustls_pki_types::{CertificateDer, pem::PemObject};
 use serde::Serialize;
 use url::Url;
 
-use super::{RenderError, comment, decode_data, kubeconfig_entry};
+use super::{RenderError, comment, decode_data};
+use crate::apiserver::{self, Failure, kubeconfig_entry};
 use crate::config::{ClusterSettings, Credentials};
+
+/// Largest node list read for `--static`: a node's object is a few KiB,
+/// so this holds thousands of nodes.
+const MAX_NODE_LIST: usize = 64 << 20;
 
 /// How Prometheus should verify a cluster's API server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -461,33 +468,50 @@ pub async fn list_nodes(
             cluster.token_file.display()
         )));
     }
-    let mut config = crate::issuer::kube_config(cluster, timeout)
+    let config = apiserver::config(cluster, timeout, crate::exec::DEFAULT_EXEC_TIMEOUT)
         .await
         .map_err(|e| fail(e.to_string()))?;
-    config.auth_info = kube::config::AuthInfo {
+    let managed_token = AuthInfo {
         token_file: Some(cluster.token_file.to_string_lossy().into_owned()),
-        ..kube::config::AuthInfo::default()
+        ..AuthInfo::default()
     };
-    let client = kube::Client::try_from(config).map_err(|e| fail(crate::issuer::chain(&e)))?;
-    let api: kube::Api<Node> = kube::Api::all(client);
-    let list = tokio::time::timeout(timeout, api.list(&kube::api::ListParams::default()))
-        .await
-        .map_err(|_| fail(format!("listing nodes took longer than {timeout:?}")))?
-        .map_err(|e| {
-            let hint = match &e {
-                kube::Error::Api(s) if s.code == 401 => {
-                    ": the token in the token file is not accepted (expired? is mcprom running?)"
-                }
-                kube::Error::Api(s) if s.code == 403 => {
-                    ": the ServiceAccount may not list nodes; apply `mcprom rbac` to the cluster"
-                }
-                _ => "",
-            };
-            fail(format!(
-                "listing nodes failed: {}{hint}",
-                crate::issuer::chain(&e)
-            ))
-        })?;
+    let client = apiserver::client(apiserver::with_credential(config, managed_token))
+        .map_err(|e| fail(e.to_string()))?;
+    let answer = apiserver::send(
+        &client,
+        apiserver::get("/api/v1/nodes", "application/json"),
+        timeout,
+        MAX_NODE_LIST,
+    )
+    .await
+    .map_err(|e| match e {
+        Failure::Timeout(_) => fail(format!("listing nodes took longer than {timeout:?}")),
+        other => fail(format!("listing nodes failed: {other}")),
+    })?;
+    if !answer.status.is_success() {
+        let hint = match answer.status.as_u16() {
+            401 => ": the token in the token file is not accepted (expired? is mcprom running?)",
+            403 => ": the ServiceAccount may not list nodes; apply `mcprom rbac` to the cluster",
+            _ => "",
+        };
+        return Err(fail(format!(
+            "listing nodes failed: {} {}{hint}",
+            answer.status.as_u16(),
+            apiserver::status_message(&answer.body, answer.status)
+        )));
+    }
+    if answer.truncated {
+        return Err(fail(format!(
+            "listing nodes failed: the answer is larger than {} MiB; use node discovery instead \
+             (leave out --static)",
+            MAX_NODE_LIST >> 20
+        )));
+    }
+    let list: ObjectList<Node> = serde_json::from_slice(&answer.body).map_err(|e| {
+        fail(format!(
+            "listing nodes failed: the answer is not a node list ({e})"
+        ))
+    })?;
     let mut names: Vec<String> = list
         .items
         .into_iter()
@@ -517,27 +541,12 @@ pub fn write_embedded_ca(cluster: &ClusterSettings) -> Result<Option<PathBuf>, R
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ServiceAccountRef;
 
     fn cluster(api_server: &str) -> ClusterSettings {
         ClusterSettings {
-            name: "prod".into(),
             api_server: Some(api_server.parse().unwrap()),
             ca_file: Some("/etc/mcprom/prod/ca.crt".into()),
-            insecure_skip_tls_verify: false,
-            service_account: ServiceAccountRef {
-                namespace: "kube-system".into(),
-                name: "prometheus".into(),
-            },
-            token_file: "/var/lib/mcprom/tokens/prod.token".into(),
-            audiences: vec![],
-            expiration: Duration::from_secs(3600),
-            refresh_at: 0.8,
-            file_mode: 0o640,
-            file_group: None,
-            credentials: Credentials::SelfRenew,
-            max_chain_age: None,
-            verify: Default::default(),
+            ..ClusterSettings::example()
         }
     }
 
