@@ -329,6 +329,11 @@ async fn check_api_server(cluster: &ClusterSettings, mint: bool, s: &mut Section
              credential; set ca_file to the cluster's CA instead",
         ),
         Trust::Verified(_) => s.pass(format!("TLS verified with {}", trust.describe())),
+        Trust::Plain(what) => s.warn(
+            format!("no TLS: {what}, to a loopback address"),
+            "nothing crosses the network, but any local user who can listen on that port \
+             before its server does receives mcprom's credential; use https:// where you can",
+        ),
     }
     if status == 401 {
         credential_rejected(s, &body);
@@ -940,10 +945,15 @@ enum Trust {
     Verified(String),
     /// Not verified, and why.
     Skipped(String),
+    /// No TLS at all: plain `http` (allowed only to loopback).
+    Plain(String),
 }
 
 impl Trust {
     fn of(cluster: &ClusterSettings, config: &kube::Config) -> Trust {
+        if config.cluster_url.scheme_str() == Some("http") {
+            return Trust::Plain(format!("{} is plain http", config.cluster_url));
+        }
         if cluster.insecure_skip_tls_verify {
             return Trust::Skipped("insecure_skip_tls_verify = true in the config".into());
         }
@@ -966,7 +976,7 @@ impl Trust {
 
     fn describe(&self) -> &str {
         match self {
-            Trust::Verified(source) | Trust::Skipped(source) => source,
+            Trust::Verified(source) | Trust::Skipped(source) | Trust::Plain(source) => source,
         }
     }
 }

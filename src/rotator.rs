@@ -220,6 +220,9 @@ impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
         let mut attempt: u32 = 0;
         let mut shortened_logged = false;
         let mut expired_reported = false;
+        // Until when the API server asked not to be asked (429 with
+        // Retry-After): `rotate` from outside waits for it too.
+        let mut server_wait: Option<Instant> = None;
         let name = self.cluster.name.clone();
 
         loop {
@@ -272,6 +275,10 @@ impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
                     if reply.is_empty() {
                         continue; // a wake-up left over from requests already answered
                     }
+                    if let Some(until) = server_wait.filter(|u| *u > Instant::now()) {
+                        refuse_inside_retry_after(reply, until);
+                        continue;
+                    }
                 }
             }
 
@@ -291,9 +298,13 @@ impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
             let Some(outcome) = Box::pin(self.attempt(permit)).await else {
                 break; // cancelled while waiting or requesting
             };
+            // Requests that arrived while this one was in flight share its
+            // outcome: any number of `rotate`s make one TokenRequest.
+            reply.extend(self.commands.take());
             match outcome {
                 Ok((issued, sent, sent_wall, review)) => {
                     attempt = 0;
+                    server_wait = None;
                     let verified = review == Some(Review::Confirmed);
                     check = match review {
                         Some(Review::Unsupported) | None => None,
@@ -362,6 +373,8 @@ impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
                     );
                     attempt = attempt.saturating_add(1);
                     plan = Plan::in_(delay);
+                    // The planned retry is the first moment the server allowed.
+                    server_wait = retry_after(&error).map(|_| plan.at);
                     let phase = match (&error, time_left) {
                         (_, Some(_)) => Phase::Backoff,
                         (AttemptError::Issue(IssueError::Config(_)), None) => Phase::Error,
@@ -611,6 +624,21 @@ fn refuse(cluster: &ClusterSettings, issued: &IssuedToken, now: SystemTime) -> O
         });
     }
     None
+}
+
+/// Answer `rotate` requests that came inside the server's Retry-After
+/// window: no TokenRequest is sent before it ends.
+fn refuse_inside_retry_after(reply: Vec<RotateReply>, until: Instant) {
+    let left = until.saturating_duration_since(Instant::now());
+    let message = format!(
+        "no TokenRequest sent: the API server asked mcprom to wait (429 with Retry-After); \
+         the next attempt is in {}s, on its own",
+        left.as_secs().max(1)
+    );
+    debug!(retry_in = ?left, "rotate request inside the server's Retry-After window: not sent");
+    for tx in reply {
+        let _ = tx.send(Err(message.clone()));
+    }
 }
 
 fn retry_after(error: &AttemptError) -> Option<Duration> {
