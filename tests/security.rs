@@ -1543,3 +1543,58 @@ async fn a_link_at_the_lock_files_name_stops_writes_in_that_directory_only() {
     assert!(status.success());
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
 }
+
+#[test]
+fn the_simulator_never_writes_its_files_through_a_planted_link() {
+    use std::io::BufRead as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    let work = tempfile::tempdir().unwrap();
+    let victim = work.path().join("victim");
+    std::fs::write(&victim, "precious\n").unwrap();
+    // Links at every name the simulator's writer used to open (its fixed
+    // temp names), pointing at a file it must not touch.
+    let dir = work.path().join("sim");
+    let c1 = dir.join("c1");
+    std::fs::create_dir_all(&c1).unwrap();
+    for name in [
+        "ca.tmp-sim",
+        "kubeconfig.tmp-sim",
+        "kubeconfig-nobody.tmp-sim",
+        "issuer.tmp-sim",
+    ] {
+        std::os::unix::fs::symlink(&victim, c1.join(name)).unwrap();
+    }
+    std::os::unix::fs::symlink(&victim, dir.join("mcprom.tmp-sim")).unwrap();
+    let mut sim = Command::new(SIM)
+        .arg("--dir")
+        .arg(&dir)
+        .args(["--clusters", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    std::io::BufReader::new(sim.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    let _ = sim.kill();
+    let _ = sim.wait();
+    assert!(
+        ready.starts_with('{'),
+        "the simulator did not start: {ready:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&victim).unwrap(),
+        "precious\n",
+        "the simulator wrote through a link"
+    );
+    let kubeconfig = c1.join("kubeconfig");
+    let meta = std::fs::symlink_metadata(&kubeconfig).unwrap();
+    assert!(meta.is_file());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert!(
+        std::fs::read_to_string(&kubeconfig)
+            .unwrap()
+            .contains("client-key-data")
+    );
+}
