@@ -14,8 +14,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::config;
-use crate::sim::{Sim, SimConfig};
 use crate::state::State;
+use mcprom_sim::{Sim, SimConfig};
 
 const CLUSTERS: usize = 2;
 const NODES: usize = 2;
