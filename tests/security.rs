@@ -1565,7 +1565,7 @@ fn the_simulator_never_writes_its_files_through_a_planted_link() {
         std::os::unix::fs::symlink(&victim, c1.join(name)).unwrap();
     }
     std::os::unix::fs::symlink(&victim, dir.join("mcprom.tmp-sim")).unwrap();
-    let mut sim = Command::new(SIM)
+    let mut sim = Command::new(sim_binary())
         .arg("--dir")
         .arg(&dir)
         .args(["--clusters", "1"])
