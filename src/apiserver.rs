@@ -180,6 +180,13 @@ pub async fn config(
     if let Some(url) = &cluster.api_server {
         config.cluster_url = parse_uri(url)?;
     }
+    let server = &config.cluster_url;
+    if let Some(why) = crate::config::validate::plain_http_refused(
+        server.scheme_str().unwrap_or_default(),
+        server.host().unwrap_or_default(),
+    ) {
+        return Err(IssueError::Config(format!("API server {server}: {why}")));
+    }
     if let Some(ca) = &cluster.ca_file {
         config.root_cert = Some(read_ca(ca)?);
         config.root_cert_file = None;

@@ -213,11 +213,24 @@ async fn query_up(url: &str) -> anyhow::Result<Vec<(String, String)>> {
 
 /// Run the demo until Ctrl-C/SIGTERM or for `duration`.
 pub async fn run(duration: Option<Duration>) -> anyhow::Result<()> {
-    let dir = std::env::temp_dir().join(format!("mcprom-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+    let dir = private_dir(&std::env::temp_dir())?;
     let result = run_in(&dir, duration).await;
     let _ = std::fs::remove_dir_all(&dir);
     result
+}
+
+/// A new directory in `parent` that only this user may enter (0700), under
+/// a random name (mkdtemp(3)): never one that exists already. The demo
+/// runs credentials, kubeconfigs and its config from it, so a directory
+/// another local user could have created in a shared `/tmp` beforehand
+/// (planting an exec plugin, or a link to overwrite) is never used.
+fn private_dir(parent: &Path) -> anyhow::Result<PathBuf> {
+    nix::unistd::mkdtemp(&parent.join("mcprom-demo-XXXXXX")).with_context(|| {
+        format!(
+            "cannot create a private directory for the demo in {} (set TMPDIR to a writable directory)",
+            parent.display()
+        )
+    })
 }
 
 async fn run_in(dir: &Path, duration: Option<Duration>) -> anyhow::Result<()> {

@@ -313,7 +313,9 @@ fn redact_fields(s: &str) -> String {
             .find(|&(_, c)| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
             .map_or(0, |(p, c)| p + c.len_utf8());
         let key = &before[key_start..];
-        if key.is_empty() || !is_secret_key(key) {
+        // `c1.token: Permission denied` names a file, not a field.
+        let in_a_path = before[..key_start].ends_with(['.', '/']);
+        if key.is_empty() || in_a_path || !is_secret_key(key) {
             i += 1;
             continue;
         }
@@ -374,6 +376,16 @@ mod tests {
     }
 
     const JWT: &str = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJlLXNpZ25hdHVyZQ";
+
+    #[test]
+    fn a_file_name_ending_in_token_is_not_a_field() {
+        assert_eq!(
+            text("cannot inspect /var/lib/mcprom/tokens/c1.token: Permission denied"),
+            "cannot inspect /var/lib/mcprom/tokens/c1.token: Permission denied"
+        );
+        assert_eq!(text("x/token: abc"), "x/token: abc");
+        assert_eq!(text("a token: abc"), "a token: <redacted>");
+    }
 
     #[test]
     fn tokens_in_any_shape_are_redacted() {

@@ -81,22 +81,61 @@ pub(crate) fn decode_data(field: &str, data: &str) -> Result<Vec<u8>, String> {
         .map_err(|e| format!("{field} is not valid base64: {e}"))
 }
 
-/// Turn text into YAML comment lines (`# …`), one per input line.
+/// Turn text into YAML comment lines (`# …`), one per `\n`-separated line.
+///
+/// The one place where text that may come from outside (paths, names and
+/// sources taken from the config and kubeconfigs) enters the generated
+/// YAML outside of a serialized value. A YAML parser ends a comment at any
+/// line break — `\r` alone too, and for YAML 1.1 parsers (PyYAML, libyaml)
+/// also U+0085, U+2028 and U+2029 — so every control character and those
+/// separators are written escaped (`\r`, `\u{2028}`): nothing in a comment
+/// can start a line of its own.
 pub(crate) fn comment(text: &str) -> String {
-    text.lines()
+    if text.is_empty() {
+        return String::new();
+    }
+    text.strip_suffix('\n')
+        .unwrap_or(text)
+        .split('\n')
         .map(|l| {
             if l.is_empty() {
                 "#\n".to_owned()
             } else {
-                format!("# {l}\n")
+                format!("# {}\n", escape_breaks(l))
             }
         })
         .collect()
 }
 
+/// `line` with control characters and Unicode line/paragraph separators
+/// escaped, the rest unchanged.
+fn escape_breaks(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    for c in line.chars() {
+        if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}' | '\u{feff}') {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_line_break_in_a_comment_escapes_it() {
+        let text = "from /etc/a\rinjected: true\u{85}b: 1\u{2028}c: 2\x1b[2J\n\nnext";
+        let yaml = format!("{}key: value\n", comment(text));
+        assert_eq!(
+            yaml,
+            "# from /etc/a\\rinjected: true\\u{85}b: 1\\u{2028}c: 2\\u{1b}[2J\n#\n# next\nkey: value\n"
+        );
+        let parsed: serde_yaml_ng::Value = serde_yaml_ng::from_str(&yaml).unwrap();
+        assert_eq!(parsed.as_mapping().unwrap().len(), 1, "{parsed:?}");
+    }
 
     #[test]
     fn an_unknown_cluster_lists_the_known_ones() {

@@ -176,6 +176,9 @@ struct Progress {
     unsupported_logged: bool,
     shortened_logged: bool,
     expired_reported: bool,
+    /// Until when the API server asked not to be asked (429 with
+    /// Retry-After): `rotate` from outside waits for it too.
+    server_wait: Option<Instant>,
 }
 
 /// One cluster's rotation loop and what it needs.
@@ -242,6 +245,7 @@ impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
             unsupported_logged: false,
             shortened_logged: false,
             expired_reported: false,
+            server_wait: None,
         };
         let name = self.cluster.name.clone();
 
@@ -295,6 +299,10 @@ impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
                     if reply.is_empty() {
                         continue; // a wake-up left over from requests already answered
                     }
+                    if let Some(until) = p.server_wait.filter(|u| *u > Instant::now()) {
+                        refuse_inside_retry_after(reply, until);
+                        continue;
+                    }
                 }
             }
 
@@ -314,6 +322,9 @@ impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
             let Some(outcome) = Box::pin(self.attempt(permit)).await else {
                 break; // cancelled while waiting or requesting
             };
+            // Requests that arrived while this one was in flight share its
+            // outcome: any number of `rotate`s make one TokenRequest.
+            reply.extend(self.commands.take());
             match outcome {
                 Ok((issued, sent, sent_wall, review)) => {
                     self.succeeded(&mut p, issued, (sent, sent_wall), review, reply);
@@ -335,6 +346,7 @@ impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
         reply: Vec<RotateReply>,
     ) {
         p.attempt = 0;
+        p.server_wait = None;
         let verified = review == Some(Review::Confirmed);
         p.check = match review {
             Some(Review::Unsupported) | None => None,
@@ -406,6 +418,8 @@ impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
         );
         p.attempt = p.attempt.saturating_add(1);
         p.plan = Plan::in_(delay, self.wall.now());
+        // The planned retry is the first moment the server allowed.
+        p.server_wait = retry_after(error).map(|_| p.plan.at);
         let phase = match (error, time_left) {
             (_, Some(_)) => Phase::Backoff,
             (AttemptError::Issue(IssueError::Config(_)), None) => Phase::Error,
@@ -651,6 +665,21 @@ fn refuse(cluster: &ClusterSettings, issued: &IssuedToken, now: SystemTime) -> O
         });
     }
     None
+}
+
+/// Answer `rotate` requests that came inside the server's Retry-After
+/// window: no TokenRequest is sent before it ends.
+fn refuse_inside_retry_after(reply: Vec<RotateReply>, until: Instant) {
+    let left = until.saturating_duration_since(Instant::now());
+    let message = format!(
+        "no TokenRequest sent: the API server asked mcprom to wait (429 with Retry-After); \
+         the next attempt is in {}s, on its own",
+        left.as_secs().max(1)
+    );
+    debug!(retry_in = ?left, "rotate request inside the server's Retry-After window: not sent");
+    for tx in reply {
+        let _ = tx.send(Err(message.clone()));
+    }
 }
 
 fn retry_after(error: &AttemptError) -> Option<Duration> {

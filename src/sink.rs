@@ -11,6 +11,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::token::{MAX_TOKEN_LEN, Token};
 
@@ -47,6 +48,10 @@ pub enum SinkError {
     /// `file_group` names a group that does not exist.
     #[error("group {0:?} (file_group) does not exist on this host; create it or change file_group")]
     NoSuchGroup(String),
+    /// The token directory's lock could not be taken: nothing is written
+    /// in a directory mcprom has not locked.
+    #[error(transparent)]
+    Lock(#[from] LockError),
 }
 
 /// Where a rotator puts tokens.
@@ -63,12 +68,27 @@ pub struct FileSink {
     path: PathBuf,
     mode: u32,
     group: Option<String>,
+    locks: Option<Arc<DirLocks>>,
 }
 
 impl FileSink {
     /// A sink for `path`.
     pub fn new(path: PathBuf, mode: u32, group: Option<String>) -> Self {
-        FileSink { path, mode, group }
+        FileSink {
+            path,
+            mode,
+            group,
+            locks: None,
+        }
+    }
+
+    /// Write only while this daemon holds the lock of the token file's
+    /// directory in `locks`, taking it first if nobody has (the directory
+    /// may have appeared, or a planted link at the lock's name gone, since
+    /// the start).
+    pub fn locked_by(mut self, locks: Arc<DirLocks>) -> Self {
+        self.locks = Some(locks);
+        self
     }
 
     /// The token file.
@@ -81,6 +101,12 @@ impl FileSink {
             None => None,
             Some(name) => Some(lookup_group(name)?),
         };
+        if let Some(locks) = &self.locks {
+            // A path mcprom refuses to replace gets no lock file beside it
+            // (`token_file = "/dev/null"` leaves nothing in /dev).
+            check_target(&self.path)?;
+            locks.ensure(&parent_dir(&self.path))?;
+        }
         write_atomically(&self.path, token.expose().as_bytes(), self.mode, gid)
     }
 }
@@ -179,6 +205,25 @@ fn check_replaceable(
             op: "inspect",
             path: target.to_owned(),
             source: e.into(),
+        }),
+    }
+}
+
+/// Refuse a token file path where something other than a regular file is
+/// (not following a link there); a missing file is fine.
+pub fn check_target(target: &Path) -> Result<(), SinkError> {
+    use std::os::unix::fs::MetadataExt as _;
+    match fs::symlink_metadata(target) {
+        Ok(meta) if meta.file_type().is_file() => Ok(()),
+        Ok(meta) => Err(SinkError::NotRegular {
+            path: target.to_owned(),
+            kind: kind_of(meta.mode() as libc::mode_t),
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(SinkError::Io {
+            op: "inspect",
+            path: target.to_owned(),
+            source,
         }),
     }
 }
@@ -312,6 +357,53 @@ impl DirLock {
     }
 }
 
+/// The token-directory locks a daemon holds, shared by the supervisor
+/// (which takes them at start and on reload, so a second mcprom is refused
+/// at once) and every [`FileSink`] (which takes its directory's lock before
+/// a write when nobody has yet). A directory whose lock cannot be taken
+/// gets no token file written; other directories are not concerned.
+#[derive(Debug, Default)]
+pub struct DirLocks {
+    held: std::sync::Mutex<std::collections::BTreeMap<PathBuf, DirLock>>,
+}
+
+impl DirLocks {
+    /// No lock held yet.
+    pub fn new() -> Arc<Self> {
+        Arc::new(DirLocks::default())
+    }
+
+    /// Hold the lock of `dir`, taking it (and cleaning up stale temp files
+    /// there) if it is not held yet.
+    pub fn ensure(&self, dir: &Path) -> Result<(), LockError> {
+        let mut held = self
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        fs::create_dir_all(dir).map_err(|source| LockError::Io {
+            dir: dir.to_owned(),
+            source,
+        })?;
+        // One lock per directory, however it is reached: two token files
+        // whose paths differ by a symlinked directory share it (a second
+        // flock from this process would fail as "held").
+        let dir = fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned());
+        if held.contains_key(&dir) {
+            return Ok(());
+        }
+        let lock = lock_dir(&dir)?;
+        match remove_stale_temp_files(&dir) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(dir = %dir.display(), removed = n, "removed stale temp files"),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot clean stale temp files")
+            }
+        }
+        held.insert(dir, lock);
+        Ok(())
+    }
+}
+
 /// Taking the token-directory lock failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
@@ -328,7 +420,7 @@ pub enum LockError {
     },
     /// Something other than a regular file is at the lock file's path.
     #[error(
-        "{} is {kind}, not a regular file: mcprom does not lock or write through it; remove it",
+        "{} is {kind}, not a regular file: mcprom does not lock or write through it, nor write token files beside it; remove it",
         path.display()
     )]
     NotRegular {
@@ -370,7 +462,6 @@ pub fn lock_dir(dir: &Path) -> Result<DirLock, LockError> {
         source,
     };
     fs::create_dir_all(dir).map_err(io_err)?;
-    warn_if_others_may_write(dir);
     let path = dir.join(LOCK_FILE);
     let dirfd = open_dir(dir).map_err(io_err)?;
     // No link is followed and nothing blocks (a FIFO): only a regular file
@@ -404,6 +495,7 @@ pub fn lock_dir(dir: &Path) -> Result<DirLock, LockError> {
         Ok(mut lock) => {
             lock.set_len(0).map_err(io_err)?;
             writeln!(lock, "{}", std::process::id()).map_err(io_err)?;
+            warn_if_others_may_write(dir);
             Ok(DirLock {
                 _lock: lock,
                 dir: dir.to_owned(),

@@ -11,27 +11,60 @@ use base64::engine::general_purpose::STANDARD as B64;
 use super::pki::CertAndKey;
 
 /// Writes `contents` to `path` through a temporary file and a rename, so a
-/// reader never sees half a file.
+/// reader never sees half a file. The temporary file has a random name and
+/// is created exclusively (`O_CREAT | O_EXCL`: never an existing file, and
+/// never through a link planted at its name); the rename replaces what is
+/// at `path` itself, a link included, never the link's target.
 pub(crate) fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp-sim");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .with_context(|| format!("failed to create '{}'", tmp.display()))?;
-    f.set_permissions(std::fs::Permissions::from_mode(mode))?;
-    f.write_all(contents)
-        .with_context(|| format!("failed to write '{}'", tmp.display()))?;
-    drop(f);
-    std::fs::rename(&tmp, path).with_context(|| {
-        format!(
-            "failed to rename '{}' to '{}'",
-            tmp.display(),
-            path.display()
-        )
-    })
+    let name = path
+        .file_name()
+        .with_context(|| format!("'{}' names no file", path.display()))?
+        .to_string_lossy();
+    let mut attempts = 0;
+    let (tmp, mut f) = loop {
+        let tmp = path.with_file_name(format!(".{name}.{:016x}.tmp-sim", random_u64()?));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)
+        {
+            Ok(f) => break (tmp, f),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempts < 8 => {
+                attempts += 1;
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("failed to create '{}'", tmp.display()));
+            }
+        }
+    };
+    let written = (|| {
+        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        f.write_all(contents)
+            .with_context(|| format!("failed to write '{}'", tmp.display()))?;
+        drop(f);
+        std::fs::rename(&tmp, path).with_context(|| {
+            format!(
+                "failed to rename '{}' to '{}'",
+                tmp.display(),
+                path.display()
+            )
+        })
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// Eight random bytes from the kernel: temp names nobody can guess.
+fn random_u64() -> anyhow::Result<u64> {
+    use std::io::Read as _;
+    let mut bytes = [0u8; 8];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("failed to read /dev/urandom")?;
+    Ok(u64::from_ne_bytes(bytes))
 }
 
 /// A double-quoted YAML scalar (JSON string syntax is valid YAML).
@@ -104,6 +137,30 @@ pub(crate) fn mcprom_toml(dir: &Path, clusters: &[(String, PathBuf)]) -> String 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn write_atomic_never_writes_through_a_planted_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let path = dir.path().join("kubeconfig");
+        // The old fixed temp name, and the final name, both links.
+        std::os::unix::fs::symlink(&victim, dir.path().join("kubeconfig.tmp-sim")).unwrap();
+        std::os::unix::fs::symlink(&victim, &path).unwrap();
+        write_atomic(&path, b"new", 0o600).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert!(std::fs::symlink_metadata(&path).unwrap().is_file());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "new");
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 3, "a temp file was left: {names:?}");
+    }
 
     #[test]
     fn mcprom_toml_is_valid_toml_with_absolute_paths() {

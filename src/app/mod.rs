@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::watch::{ConfigWatcher, DEBOUNCE, MAX_DEBOUNCE};
 use crate::config::{self, Settings};
@@ -312,6 +312,7 @@ impl Daemon {
                     });
                     continue;
                 };
+                debug!(cluster = %cluster, "rotate requested");
                 waiting.push((cluster, tx.request()));
             }
             for (cluster, done_rx) in waiting {

@@ -17,7 +17,7 @@ use crate::issuer::{IssueError, Issuer, KubeIssuer, REQUEST_TIMEOUT, Review, Tok
 use crate::reload::{self, ReloadQueue, Reloader};
 use crate::rotator::{self, RotateRequests, Rotator};
 use crate::selfrenew::SelfRenewing;
-use crate::sink::{self, DirLock, FileSink, LockError};
+use crate::sink::{self, DirLocks, FileSink, LockError};
 use crate::state::{ClusterStatus, State};
 use crate::token::{IssuedToken, Token};
 
@@ -109,7 +109,7 @@ pub struct Supervisor {
     tracker: TaskTracker,
     cancel: CancellationToken,
     clusters: BTreeMap<String, RunningCluster>,
-    locks: BTreeMap<PathBuf, DirLock>,
+    locks: Arc<DirLocks>,
     reloader: Option<RunningReloader>,
     /// Reads Prometheus's configuration and targets (`consumer`).
     consumer: Option<RunningReloader>,
@@ -149,7 +149,7 @@ impl Supervisor {
             tracker,
             cancel,
             clusters: BTreeMap::new(),
-            locks: BTreeMap::new(),
+            locks: DirLocks::new(),
             reloader: None,
             consumer: None,
             review_hooks: Default::default(),
@@ -191,31 +191,22 @@ impl Supervisor {
 
     fn lock_token_dirs(&mut self, settings: &Settings) -> Result<(), StartError> {
         for cluster in &settings.clusters {
-            // One lock per directory, however it is reached: two clusters
-            // whose token_file paths differ by a symlinked directory share
-            // it (a second flock from this process would fail as "held").
-            let dir = config::resolved_dir(&cluster.token_file);
-            if self.locks.contains_key(&dir) {
+            // No lock file beside a path mcprom refuses to replace (a
+            // device, a FIFO, a link): that cluster's writes fail, naming it.
+            if sink::check_target(&cluster.token_file).is_err() {
                 continue;
             }
-            match sink::lock_dir(&dir) {
-                Ok(lock) => {
-                    match sink::remove_stale_temp_files(&dir) {
-                        Ok(0) => {}
-                        Ok(n) => {
-                            info!(dir = %dir.display(), removed = n, "removed stale temp files")
-                        }
-                        Err(e) => {
-                            warn!(dir = %dir.display(), error = %e, "cannot clean stale temp files")
-                        }
-                    }
-                    self.locks.insert(dir, lock);
-                }
+            match self
+                .locks
+                .ensure(&config::resolved_dir(&cluster.token_file))
+            {
+                Ok(()) => {}
                 Err(held @ LockError::Held { .. }) => return Err(held.into()),
                 Err(other) => {
-                    // The directory may appear later (a host problem, not a
-                    // reason to blind every other cluster): its clusters
-                    // fail their writes and retry.
+                    // The directory may appear, or the thing at the lock's
+                    // name go, later (a host problem, not a reason to blind
+                    // every other cluster): its clusters' writes take the
+                    // lock first, fail until they can, and retry.
                     warn!("{other}");
                 }
             }
@@ -357,7 +348,8 @@ impl Supervisor {
                 cluster.token_file.clone(),
                 cluster.file_mode,
                 cluster.file_group.clone(),
-            ),
+            )
+            .locked_by(self.locks.clone()),
             reload: self.queue.clone(),
             state: self.state.clone(),
             limiter: self.limiter.clone(),

@@ -580,7 +580,19 @@ impl Validator<'_> {
         let api_server = c
             .api_server
             .as_ref()
-            .and_then(|u| self.url_value(u, cx, "api_server", "https://192.168.0.153:6443"));
+            .and_then(|u| self.url_value(u, cx, "api_server", "https://192.168.0.153:6443"))
+            .filter(|url| {
+                let why = plain_http_refused(url.scheme(), url.host_str().unwrap_or_default());
+                if let (Some(why), Some(spanned)) = (&why, &c.api_server) {
+                    let shown = spanned.get_ref();
+                    self.error(
+                        spanned.span().start,
+                        cx,
+                        format!("key \"api_server\": {shown:?}: {why}"),
+                    );
+                }
+                why.is_none()
+            });
         let ca_file = c
             .ca_file
             .as_ref()
@@ -947,6 +959,27 @@ impl Validator<'_> {
             }
         }
     }
+}
+
+/// Why an API server at `scheme://host` must not be used, if it must not:
+/// plain `http` carries mcprom's credential and the tokens it gets back in
+/// clear, so it is allowed only to a loopback address (`kubectl proxy`,
+/// which speaks TLS to the real API server itself). Checked on the config
+/// (`api_server`) and on the server a kubeconfig names.
+pub fn plain_http_refused(scheme: &str, host: &str) -> Option<String> {
+    if !scheme.eq_ignore_ascii_case("http") {
+        return None;
+    }
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = bare.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    (!loopback).then(|| {
+        "plain http would send mcprom's credential and the tokens in clear: it is allowed \
+         only to a loopback address (e.g. kubectl proxy on http://127.0.0.1:8001); use https://"
+            .to_owned()
+    })
 }
 
 /// `[a-z0-9][a-z0-9_-]*`.

@@ -108,6 +108,11 @@ pub(super) async fn check_api_server(
              credential; set ca_file to the cluster's CA instead",
         ),
         Trust::Verified(_) => s.pass(format!("TLS verified with {}", trust.describe())),
+        Trust::Plain(what) => s.warn(
+            format!("no TLS: {what}, to a loopback address"),
+            "nothing crosses the network, but any local user who can listen on that port \
+             before its server does receives mcprom's credential; use https:// where you can",
+        ),
     }
     if status == 401 {
         credential_rejected(s, &body);

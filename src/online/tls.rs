@@ -11,10 +11,15 @@ pub(super) enum Trust {
     Verified(String),
     /// Not verified, and why.
     Skipped(String),
+    /// No TLS at all: plain `http` (allowed only to loopback).
+    Plain(String),
 }
 
 impl Trust {
     pub(super) fn of(cluster: &ClusterSettings, config: &kube::Config) -> Trust {
+        if config.cluster_url.scheme_str() == Some("http") {
+            return Trust::Plain(format!("{} is plain http", config.cluster_url));
+        }
         if cluster.insecure_skip_tls_verify {
             return Trust::Skipped("insecure_skip_tls_verify = true in the config".into());
         }
@@ -37,7 +42,7 @@ impl Trust {
 
     pub(super) fn describe(&self) -> &str {
         match self {
-            Trust::Verified(source) | Trust::Skipped(source) => source,
+            Trust::Verified(source) | Trust::Skipped(source) | Trust::Plain(source) => source,
         }
     }
 }
