@@ -425,4 +425,31 @@ scrape_configs:
         assert!(rejected_targets("nope").is_err());
         assert!(jobs("global: {}").unwrap().is_empty());
     }
+
+    #[test]
+    fn a_read_that_repeats_the_figures_wakes_nobody() {
+        let state = State::default();
+        for name in ["a", "b"] {
+            state.insert(crate::state::ClusterStatus::new(
+                name,
+                "ns/sa".into(),
+                format!("/t/{name}").into(),
+            ));
+        }
+        let mut changes = state.subscribe();
+        let jobs = || Some(vec!["a-cadvisor".to_owned()]);
+        record(&state, "a", jobs(), Some(0));
+        assert!(changes.has_changed().unwrap(), "new figures are announced");
+        changes.mark_unchanged();
+        // The next reads: the same figures, and Prometheus unreadable for
+        // a cluster whose figures were already unknown.
+        record(&state, "a", jobs(), Some(0));
+        record(&state, "b", None, None);
+        assert!(!changes.has_changed().unwrap(), "an unchanged status woke the daemon");
+        record(&state, "a", jobs(), Some(1));
+        assert!(changes.has_changed().unwrap());
+        let a = &state.clusters()[0];
+        assert_eq!(a.prometheus_targets_rejected, Some(1));
+        assert_eq!(a.prometheus_jobs, jobs());
+    }
 }

@@ -358,7 +358,7 @@ mod tests {
         });
         assert!(state.all_settled(), "update_if keeps readiness in step");
 
-        let mut reloads = state.subscribe_reloads();
+        let reloads = state.subscribe_reloads();
         state.update("a", |s| s.refreshes += 1);
         assert!(!reloads.has_changed().unwrap(), "cluster changes are not reload events");
         state.update_reloads(|r| r.ok += 1);
