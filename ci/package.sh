@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Package checks, run by .ci/run as root on Debian: build the .deb with
+# Package checks, run by .ci/run as root on Debian: build the .deb (and its
+# -dbgsym .ddeb with the debug symbols) with
 # cargo-deb, install it with dpkg, check every file with its owner and
 # mode, check the installed unit with systemd-analyze, run `mcprom check` on
 # the installed config, purge, and check that nothing is left.
@@ -47,25 +48,30 @@ tail -n1 <<<"$security"
 
 section "build"
 # A leftover install (an aborted earlier run) would hide install problems.
-if dpkg-query -W mcprom >/dev/null 2>&1; then
-    dpkg --purge mcprom
-fi
+for pkg in mcprom-dbgsym mcprom; do
+    if dpkg-query -W "$pkg" >/dev/null 2>&1; then
+        dpkg --purge "$pkg"
+    fi
+done
 target_dir=${CARGO_TARGET_DIR:-target}
-rm -f "$target_dir"/debian/mcprom_*.deb
+rm -f "$target_dir"/debian/mcprom_*.deb "$target_dir"/debian/mcprom-dbgsym_*.ddeb
 cargo deb --locked
 deb=$(ls "$target_dir"/debian/mcprom_*.deb)
 [ "$(wc -l <<<"$deb")" = 1 ] || fail "expected one .deb, got: $deb"
+# The debug symbols, in a package of their own (Debian's -dbgsym convention).
+ddeb=$(ls "$target_dir"/debian/mcprom-dbgsym_*.ddeb)
+[ "$(wc -l <<<"$ddeb")" = 1 ] || fail "expected one -dbgsym .ddeb, got: $ddeb"
 dpkg-deb --info "$deb"
 dpkg-deb --contents "$deb"
+dpkg-deb --info "$ddeb"
+dpkg-deb --contents "$ddeb"
 
 section "contents"
-# Exactly these files, owned by root (0/0), with these modes; mcprom-sim is not in
-# it. BUILD-ID stands for the binary's build id: its line tables, split off
-# by cargo-deb, where backtraces look for them.
+# Exactly these files, owned by root (0/0), with these modes; mcprom-sim and
+# the debug symbols are not in it.
 expected="./etc/default/mcprom -rw-r--r-- 0/0
 ./etc/mcprom.toml -rw-r--r-- 0/0
 ./usr/bin/mcprom -rwxr-xr-x 0/0
-./usr/lib/debug/.build-id/BUILD-ID.debug -rw-r--r-- 0/0
 ./usr/lib/systemd/system/mcprom.service -rw-r--r-- 0/0
 ./usr/lib/sysusers.d/mcprom.conf -rw-r--r-- 0/0
 ./usr/lib/tmpfiles.d/mcprom.conf -rw-r--r-- 0/0
@@ -79,6 +85,23 @@ if [ "$actual" != "$expected" ]; then
     diff <(echo "$expected") <(echo "$actual") || true
     fail "package contents differ (expected left, actual right)"
 fi
+maintainer=$(dpkg-deb --field "$deb" Maintainer)
+[ "$maintainer" = "mcprom maintainers <mcprom-maintainers@lists.mcprom.dev>" ] ||
+    fail "Maintainer: $maintainer"
+# The -dbgsym package: only the binary's line tables, at its build id (BUILD-ID
+# stands for it), where backtraces and debuggers look for them.
+expected_dbgsym="./usr/lib/debug/.build-id/BUILD-ID.debug -rw-r--r-- 0/0"
+actual_dbgsym=$(dpkg-deb --contents "$ddeb" | awk '$1 !~ /^d/ { print $6, $1, $2 }' |
+    sed -E 's|/\.build-id/[0-9a-f]{2}/[0-9a-f]{38}\.debug |/.build-id/BUILD-ID.debug |' |
+    LC_ALL=C sort)
+if [ "$actual_dbgsym" != "$expected_dbgsym" ]; then
+    diff <(echo "$expected_dbgsym") <(echo "$actual_dbgsym") || true
+    fail "dbgsym package contents differ (expected left, actual right)"
+fi
+[ "$(dpkg-deb --field "$ddeb" Package)" = mcprom-dbgsym ] ||
+    fail "dbgsym package name: $(dpkg-deb --field "$ddeb" Package)"
+[ "$(dpkg-deb --field "$ddeb" Version)" = "$(dpkg-deb --field "$deb" Version)" ] ||
+    fail "dbgsym version $(dpkg-deb --field "$ddeb" Version) is not the package's"
 conffiles=$(dpkg-deb --ctrl-tarfile "$deb" | tar -xO ./conffiles | sort)
 [ "$conffiles" = "$(printf '/etc/default/mcprom\n/etc/mcprom.toml')" ] ||
     fail "conffiles: $conffiles"
@@ -122,6 +145,17 @@ echo "ok: enabled"
 dpkg -i "$deb"
 check_stat /var/lib/mcprom/tokens "2750 mcprom:prometheus"
 
+section "install the -dbgsym package"
+dpkg -i "$ddeb"
+dpkg-query -W -f='${Status}\n' mcprom-dbgsym | grep -qx 'install ok installed' ||
+    fail "mcprom-dbgsym is not fully installed"
+# The debug file is the one for the installed binary: named after its build id.
+build_id=$(readelf -n /usr/bin/mcprom | awk '/Build ID:/ { print $3 }')
+[ -n "$build_id" ] || fail "/usr/bin/mcprom has no build id"
+check_stat "/usr/lib/debug/.build-id/${build_id:0:2}/${build_id:2}.debug" "644 root:root"
+echo "installed size: mcprom $(dpkg-query -W -f='${Installed-Size}' mcprom) KiB," \
+    "mcprom-dbgsym $(dpkg-query -W -f='${Installed-Size}' mcprom-dbgsym) KiB"
+
 section "systemd-analyze on the installed unit"
 # verify needs the binary at the ExecStart= path, hence after dpkg -i. Any
 # output is a finding.
@@ -139,13 +173,15 @@ setpriv --reuid=mcprom --regid=mcprom --init-groups \
 /usr/bin/mcprom --version
 
 section "purge"
-dpkg --purge mcprom
+dpkg --purge mcprom-dbgsym mcprom
+! dpkg-query -W -f='${Status}\n' mcprom-dbgsym 2>/dev/null | grep -q installed ||
+    fail "still installed: $(dpkg-query -W -f='${Status}' mcprom-dbgsym)"
 ! dpkg-query -W -f='${Status}\n' mcprom 2>/dev/null | grep -q installed ||
     fail "still installed: $(dpkg-query -W -f='${Status}' mcprom)"
 for path in /usr/bin/mcprom /etc/mcprom.toml /etc/default/mcprom \
     /usr/lib/systemd/system/mcprom.service /usr/lib/sysusers.d/mcprom.conf \
     /usr/lib/tmpfiles.d/mcprom.conf /usr/share/doc/mcprom /var/lib/mcprom \
-    /etc/systemd/system/multi-user.target.wants/mcprom.service; do
+    /etc/systemd/system/multi-user.target.wants/mcprom.service /usr/lib/debug/.build-id/"${build_id:0:2}"/"${build_id:2}".debug; do
     [ ! -e "$path" ] && [ ! -L "$path" ] || fail "left after purge: $path"
 done
 ! getent passwd mcprom >/dev/null || fail "left after purge: user $(getent passwd mcprom)"

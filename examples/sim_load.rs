@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use mcprom::sim::Ready;
+use mcprom_sim::Ready;
 use tokio::io::AsyncBufReadExt as _;
 
 fn arg(name: &str, default: u64) -> u64 {

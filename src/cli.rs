@@ -163,12 +163,21 @@ pub fn main() -> ExitCode {
             rt.block_on(crate::commands::rotate(&s, clusters))
         }),
         Command::Reload => reload(&cli.config),
+        #[cfg(feature = "demo")]
         Command::Demo { duration } => runtime().and_then(|rt| {
             rt.block_on(crate::demo::run(duration)).map_err(|e| {
                 eprintln!("mcprom demo: {e:#}");
                 exit::FAILED
             })
         }),
+        // The command line stays the same; this build has no simulator in it.
+        #[cfg(not(feature = "demo"))]
+        Command::Demo { .. } => {
+            eprintln!(
+                "mcprom demo: this mcprom was built without the simulator (cargo feature `demo`)"
+            );
+            Err(exit::FAILED)
+        }
     };
     ExitCode::from(code.err().unwrap_or(exit::OK))
 }

@@ -14,8 +14,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::config;
-use crate::sim::{Sim, SimConfig};
 use crate::state::State;
+use mcprom_sim::{Sim, SimConfig};
 
 const CLUSTERS: usize = 2;
 const NODES: usize = 2;
@@ -100,6 +100,11 @@ async fn start_prometheus(
         .arg("--web.enable-lifecycle")
         .stdout(Stdio::null())
         .stderr(log)
+        // Its own process group: Ctrl-C in the terminal reaches the whole
+        // foreground group, and Prometheus must outlive it long enough for
+        // the summary to ask it for `up`. It is stopped right after that
+        // (or when the demo exits early: kill_on_drop).
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("cannot start {}", binary.display()))?;

@@ -17,7 +17,12 @@
 //! - [`selfrenew`]: self-renewing credentials: `mcprom seed`, the chain and its limits.
 //! - [`app`]: wiring, supervisor, signals.
 //! - [`online`]: `mcprom check --online`, the checklist against the clusters and Prometheus.
-//! - [`sim`]: the simulated Kubernetes API used by tests and the demo.
+//! - [`demo`]: `mcprom demo`, the daemon against simulated clusters (the
+//!   default `demo` feature; without it the daemon has no simulator in it).
+//!
+//! The simulated Kubernetes API used by the tests, the demo and the
+//! benchmarks is its own package in this workspace: `sim/` (`mcprom-sim`,
+//! the library `mcprom_sim` and the `mcprom-sim` command).
 //!
 //! # Data flow
 //!
@@ -35,6 +40,7 @@ pub mod commands;
 pub mod config;
 pub mod consumer;
 pub mod control;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod exec;
 pub mod issuer;
@@ -49,7 +55,6 @@ pub mod render;
 pub mod rotator;
 pub mod schedule;
 pub mod selfrenew;
-pub mod sim;
 pub mod sink;
 pub mod state;
 pub mod token;

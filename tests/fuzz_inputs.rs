@@ -719,7 +719,7 @@ fn token_request_body() -> impl Strategy<Value = (Vec<u8>, Vec<String>, Option<i
             let mut type_meta = Vec::new();
             bytes_field(1, b"authentication.k8s.io/v1", &mut type_meta);
             bytes_field(2, b"TokenRequest", &mut type_meta);
-            let mut body = mcprom::sim::proto::K8S_MAGIC.to_vec();
+            let mut body = mcprom_sim::proto::K8S_MAGIC.to_vec();
             bytes_field(1, &type_meta, &mut body);
             bytes_field(2, &request, &mut body);
             for n in &noise {
@@ -737,25 +737,25 @@ proptest! {
         magic in any::<bool>(),
         bytes in prop::collection::vec(any::<u8>(), 0..200),
     ) {
-        let mut body = if magic { mcprom::sim::proto::K8S_MAGIC.to_vec() } else { Vec::new() };
+        let mut body = if magic { mcprom_sim::proto::K8S_MAGIC.to_vec() } else { Vec::new() };
         body.extend_from_slice(&bytes);
-        let _ = mcprom::sim::proto::decode_token_request(&body);
-        let _ = mcprom::sim::proto::decode_token_request_message(&bytes);
-        let _ = mcprom::sim::proto::decode_envelope(&body);
-        let _ = mcprom::sim::proto::decode_access_review_message(&bytes);
+        let _ = mcprom_sim::proto::decode_token_request(&body);
+        let _ = mcprom_sim::proto::decode_token_request_message(&bytes);
+        let _ = mcprom_sim::proto::decode_envelope(&body);
+        let _ = mcprom_sim::proto::decode_access_review_message(&bytes);
     }
 
     #[test]
     fn protobuf_decoder_never_panics_on_mutated_requests(bytes in mutated(corpus("proto"), &["\u{0}", "\u{80}", "\u{ff}", "k8s\u{0}"])) {
-        let _ = mcprom::sim::proto::decode_token_request(&bytes);
-        if let Ok((_, _, raw)) = mcprom::sim::proto::decode_envelope(&bytes) {
-            let _ = mcprom::sim::proto::decode_access_review_message(raw);
+        let _ = mcprom_sim::proto::decode_token_request(&bytes);
+        if let Ok((_, _, raw)) = mcprom_sim::proto::decode_envelope(&bytes) {
+            let _ = mcprom_sim::proto::decode_access_review_message(raw);
         }
     }
 
     #[test]
     fn protobuf_requests_decode_to_what_was_encoded((body, audiences, expiration) in token_request_body()) {
-        let spec = mcprom::sim::proto::decode_token_request(&body).unwrap();
+        let spec = mcprom_sim::proto::decode_token_request(&body).unwrap();
         prop_assert_eq!(spec.audiences, audiences);
         prop_assert_eq!(spec.expiration_seconds, expiration);
     }
@@ -765,7 +765,7 @@ proptest! {
         (body, _, _) in token_request_body(),
         edits in prop::collection::vec(mutation(), 1..6),
     ) {
-        let _ = mcprom::sim::proto::decode_token_request(&apply(body, &edits, &[]));
+        let _ = mcprom_sim::proto::decode_token_request(&apply(body, &edits, &[]));
     }
 }
 
@@ -778,7 +778,7 @@ fn the_seed_corpus_is_handled() {
         check_jwt(&String::from_utf8_lossy(&seed));
     }
     for seed in corpus("proto") {
-        mcprom::sim::proto::decode_token_request(&seed).expect("the proto seeds are valid");
+        mcprom_sim::proto::decode_token_request(&seed).expect("the proto seeds are valid");
     }
     let created = corpus("token_response")
         .into_iter()

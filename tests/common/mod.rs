@@ -14,7 +14,56 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub const MCPROM: &str = env!("CARGO_BIN_EXE_mcprom");
-pub const SIM: &str = env!("CARGO_BIN_EXE_mcprom-sim");
+
+/// The `mcprom-sim` binary: another package of this workspace (`sim/`), so
+/// cargo does not build it for this package's tests (`CARGO_BIN_EXE_*` only
+/// names a package's own binaries). It is found next to `mcprom`, in the
+/// same target directory and profile, and must be at least as new as the
+/// simulator's sources: `cargo build -p mcprom-sim` (ci/test builds the
+/// whole workspace first). Panics with that advice otherwise.
+pub fn sim_binary() -> &'static Path {
+    static SIM: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    SIM.get_or_init(|| {
+        let sim = Path::new(MCPROM).with_file_name("mcprom-sim");
+        let build = "build it with `cargo build -p mcprom-sim` (same profile as these tests)";
+        let built = std::fs::metadata(&sim)
+            .and_then(|m| m.modified())
+            .unwrap_or_else(|e| panic!("{}: {e}: {build}", sim.display()));
+        let sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("sim");
+        if let Some((source, changed)) = newest_file(&sources)
+            && changed > built
+        {
+            panic!(
+                "{} is older than {}: {build}",
+                sim.display(),
+                source.display()
+            );
+        }
+        sim
+    })
+}
+
+/// The most recently modified file under `dir` (`Cargo.toml`, `src/`),
+/// ignoring the simulator's own tests.
+fn newest_file(dir: &Path) -> Option<(PathBuf, std::time::SystemTime)> {
+    let mut newest: Option<(PathBuf, std::time::SystemTime)> = None;
+    let mut pending = vec![dir.join("Cargo.toml"), dir.join("src")];
+    while let Some(path) = pending.pop() {
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
+        if meta.is_dir() {
+            if let Ok(entries) = std::fs::read_dir(&path) {
+                pending.extend(entries.flatten().map(|e| e.path()));
+            }
+        } else if let Ok(modified) = meta.modified()
+            && newest.as_ref().is_none_or(|(_, t)| modified > *t)
+        {
+            newest = Some((path, modified));
+        }
+    }
+    newest
+}
 
 pub fn init_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -32,7 +81,7 @@ impl Sim {
     pub fn start(args: &[&str]) -> Sim {
         init_crypto();
         let dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new(SIM)
+        let mut child = Command::new(sim_binary())
             .arg("--dir")
             .arg(dir.path())
             .args(args)

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use mcprom::sim::{Sim, SimConfig, parse_duration};
+use mcprom_sim::{Sim, SimConfig, parse_duration};
 
 /// Simulated Kubernetes API server for mcprom's tests, demo and benchmarks.
 ///

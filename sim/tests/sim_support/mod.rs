@@ -6,7 +6,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use base64::Engine as _;
-use mcprom::sim::{Ready, Sim, SimConfig};
+use mcprom_sim::{Ready, Sim, SimConfig};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 

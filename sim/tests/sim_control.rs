@@ -4,7 +4,7 @@ mod sim_support;
 
 use std::time::Duration;
 
-use mcprom::sim::SimStats;
+use mcprom_sim::SimStats;
 use serde_json::{Value, json};
 use sim_support::*;
 
