@@ -445,7 +445,10 @@ scrape_configs:
         // a cluster whose figures were already unknown.
         record(&state, "a", jobs(), Some(0));
         record(&state, "b", None, None);
-        assert!(!changes.has_changed().unwrap(), "an unchanged status woke the daemon");
+        assert!(
+            !changes.has_changed().unwrap(),
+            "an unchanged status woke the daemon"
+        );
         record(&state, "a", jobs(), Some(1));
         assert!(changes.has_changed().unwrap());
         let a = &state.clusters()[0];

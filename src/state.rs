@@ -360,7 +360,10 @@ mod tests {
 
         let reloads = state.subscribe_reloads();
         state.update("a", |s| s.refreshes += 1);
-        assert!(!reloads.has_changed().unwrap(), "cluster changes are not reload events");
+        assert!(
+            !reloads.has_changed().unwrap(),
+            "cluster changes are not reload events"
+        );
         state.update_reloads(|r| r.ok += 1);
         assert!(reloads.has_changed().unwrap());
     }
