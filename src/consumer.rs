@@ -25,9 +25,6 @@ use crate::state::State;
 
 /// How often Prometheus is read when nothing happens.
 pub const PERIOD: Duration = Duration::from_secs(300);
-/// How often the reload counter is looked at, to read Prometheus again
-/// soon after it reloaded.
-const TICK: Duration = Duration::from_secs(30);
 /// Up to this many clusters whose token file no job reads get a line each.
 const UNUSED_ONE_BY_ONE: usize = 3;
 /// Largest configuration or target list read.
@@ -272,7 +269,7 @@ impl ReviewHooks {
     }
 }
 
-/// Read Prometheus every [`PERIOD`] and soon after each reload until
+/// Read Prometheus every [`PERIOD`] and right after each reload until
 /// `cancel`; report findings once each (again after they went away and
 /// came back) and keep the per-cluster figures in `state`.
 pub async fn watch(
@@ -284,12 +281,13 @@ pub async fn watch(
     let mut reported: BTreeSet<String> = BTreeSet::new();
     let mut failing: Option<String> = None;
     let mut last_reloads = u64::MAX;
-    let mut since = PERIOD;
+    // No polling: wake for the next slow read or for a reload, nothing else.
+    let mut reload_events = state.subscribe_reloads();
+    let mut next_read = tokio::time::Instant::now();
     loop {
         let reloads = state.reloads().ok;
-        if since >= PERIOD || reloads != last_reloads {
+        if tokio::time::Instant::now() >= next_read || reloads != last_reloads {
             last_reloads = reloads;
-            since = Duration::ZERO;
             let clusters: Vec<(String, PathBuf)> = state
                 .clusters()
                 .into_iter()
@@ -309,10 +307,7 @@ pub async fn watch(
                         if usage.rejected > 0 {
                             review.request(&name);
                         }
-                        state.update(&name, |s| {
-                            s.prometheus_jobs = Some(usage.jobs);
-                            s.prometheus_targets_rejected = Some(usage.rejected);
-                        });
+                        record(&state, &name, Some(usage.jobs), Some(usage.rejected));
                     }
                 }
                 Err(e) => {
@@ -321,19 +316,32 @@ pub async fn watch(
                         failing = Some(e);
                     }
                     for (name, _) in &clusters {
-                        state.update(name, |s| {
-                            s.prometheus_jobs = None;
-                            s.prometheus_targets_rejected = None;
-                        });
+                        record(&state, name, None, None);
                     }
                 }
             }
+            next_read = tokio::time::Instant::now() + PERIOD;
         }
         tokio::select! {
             () = cancel.cancelled() => return,
-            () = tokio::time::sleep(TICK) => since += TICK,
+            () = tokio::time::sleep_until(next_read) => {}
+            Ok(()) = reload_events.changed() => {}
         }
     }
+}
+
+/// Store one cluster's consumer figures, announcing only a change: every
+/// read repeats them for every cluster, and an unchanged status must not
+/// wake the daemon (10,000 clusters every few minutes).
+fn record(state: &State, name: &str, jobs: Option<Vec<String>>, rejected: Option<u64>) {
+    state.update_if(name, |s| {
+        if s.prometheus_jobs == jobs && s.prometheus_targets_rejected == rejected {
+            return false;
+        }
+        s.prometheus_jobs = jobs;
+        s.prometheus_targets_rejected = rejected;
+        true
+    });
 }
 
 #[cfg(test)]
@@ -416,5 +424,35 @@ scrape_configs:
         assert!(rejected_targets("{}").is_err());
         assert!(rejected_targets("nope").is_err());
         assert!(jobs("global: {}").unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_read_that_repeats_the_figures_wakes_nobody() {
+        let state = State::default();
+        for name in ["a", "b"] {
+            state.insert(crate::state::ClusterStatus::new(
+                name,
+                "ns/sa".into(),
+                format!("/t/{name}").into(),
+            ));
+        }
+        let mut changes = state.subscribe();
+        let jobs = || Some(vec!["a-cadvisor".to_owned()]);
+        record(&state, "a", jobs(), Some(0));
+        assert!(changes.has_changed().unwrap(), "new figures are announced");
+        changes.mark_unchanged();
+        // The next reads: the same figures, and Prometheus unreadable for
+        // a cluster whose figures were already unknown.
+        record(&state, "a", jobs(), Some(0));
+        record(&state, "b", None, None);
+        assert!(
+            !changes.has_changed().unwrap(),
+            "an unchanged status woke the daemon"
+        );
+        record(&state, "a", jobs(), Some(1));
+        assert!(changes.has_changed().unwrap());
+        let a = &state.clusters()[0];
+        assert_eq!(a.prometheus_targets_rejected, Some(1));
+        assert_eq!(a.prometheus_jobs, jobs());
     }
 }

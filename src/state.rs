@@ -147,6 +147,9 @@ pub struct State {
     reloads: Mutex<ReloadStatus>,
     config: Mutex<ConfigStatus>,
     changed: watch::Sender<u64>,
+    /// Bumped by [`State::update_reloads`] only: the consumer waits on it
+    /// instead of polling the reload counter.
+    reloads_changed: watch::Sender<u64>,
 }
 
 impl Default for State {
@@ -157,6 +160,7 @@ impl Default for State {
             reloads: Mutex::default(),
             config: Mutex::default(),
             changed: watch::Sender::new(0),
+            reloads_changed: watch::Sender::new(0),
         }
     }
 }
@@ -197,6 +201,28 @@ impl State {
         self.bump();
     }
 
+    /// Change one cluster's status when `f` reports that it changed
+    /// something; only then are subscribers told. For writers that repeat
+    /// the same values for every cluster (the consumer, every few minutes):
+    /// 10,000 unchanged statuses must not wake anything.
+    pub fn update_if(&self, name: &str, f: impl FnOnce(&mut ClusterStatus) -> bool) {
+        let changed = {
+            let mut clusters = self.lock();
+            match clusters.get_mut(name) {
+                Some(status) => {
+                    let before = status.settled;
+                    let changed = f(status);
+                    self.count_settled(Some(before), Some(status.settled));
+                    changed
+                }
+                None => false,
+            }
+        };
+        if changed {
+            self.bump();
+        }
+    }
+
     /// Whether every cluster has settled (a token, or a first error).
     pub fn all_settled(&self) -> bool {
         self.unsettled.load(std::sync::atomic::Ordering::SeqCst) == 0
@@ -223,6 +249,13 @@ impl State {
     pub fn update_reloads(&self, f: impl FnOnce(&mut ReloadStatus)) {
         f(&mut self.reloads.lock().unwrap_or_else(|e| e.into_inner()));
         self.bump();
+        self.reloads_changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A receiver that sees a new value after every change of the reload
+    /// status (and of nothing else).
+    pub fn subscribe_reloads(&self) -> watch::Receiver<u64> {
+        self.reloads_changed.subscribe()
     }
 
     /// A copy of the reload status.
@@ -300,5 +333,38 @@ mod tests {
         state.update("missing", |s| s.settled = true);
         state.update("a", |s| s.settled = true);
         assert!(state.all_settled());
+    }
+
+    #[test]
+    fn update_if_announces_only_changes() {
+        let state = State::default();
+        state.insert(ClusterStatus::new("a", "ns/sa".into(), "/a".into()));
+        let mut changes = state.subscribe();
+        changes.mark_unchanged();
+        state.update_if("a", |s| {
+            let changed = s.prometheus_targets_rejected != Some(0);
+            s.prometheus_targets_rejected = Some(0);
+            changed
+        });
+        assert!(changes.has_changed().unwrap(), "a change is announced");
+        assert_eq!(state.clusters()[0].prometheus_targets_rejected, Some(0));
+        changes.mark_unchanged();
+        state.update_if("a", |_| false);
+        state.update_if("missing", |_| true);
+        assert!(!changes.has_changed().unwrap(), "no change, no wake-up");
+        state.update_if("a", |s| {
+            s.settled = true;
+            true
+        });
+        assert!(state.all_settled(), "update_if keeps readiness in step");
+
+        let reloads = state.subscribe_reloads();
+        state.update("a", |s| s.refreshes += 1);
+        assert!(
+            !reloads.has_changed().unwrap(),
+            "cluster changes are not reload events"
+        );
+        state.update_reloads(|r| r.ok += 1);
+        assert!(reloads.has_changed().unwrap());
     }
 }

@@ -415,6 +415,7 @@ pub async fn run_with_state(
     let watchdog_period = notify::watchdog_interval().map(|d| d / 2);
     let mut watchdog = tokio::time::interval(watchdog_period.unwrap_or(Duration::from_secs(3600)));
     watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let notify_enabled = notify::enabled();
     let mut status_tick = tokio::time::interval(Duration::from_secs(10));
     status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     daemon.report_health();
@@ -473,12 +474,13 @@ pub async fn run_with_state(
                 control::Request::Rotate { clusters } => daemon.rotate(clusters, reply),
                 control::Request::Reload => queued.add(Trigger::Explicit, Some(reply)),
             },
-            Ok(()) = changes.changed() => {
-                if !daemon.ready {
-                    daemon.report_health();
-                }
-            }
-            _ = status_tick.tick() => daemon.report_health(),
+            // Only until ready: afterwards every state change (four per
+            // rotation, one per cluster on each consumer read) would wake
+            // this loop for nothing.
+            Ok(()) = changes.changed(), if !daemon.ready => daemon.report_health(),
+            // The STATUS= line is for systemd; outside it, an idle daemon
+            // has no reason to wake every 10 s.
+            _ = status_tick.tick(), if !daemon.ready || notify_enabled => daemon.report_health(),
             _ = watchdog.tick(), if watchdog_period.is_some() => {
                 if daemon.supervisor.all_alive() {
                     notify::watchdog();
