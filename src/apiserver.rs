@@ -185,7 +185,7 @@ pub async fn config(
         server.scheme_str().unwrap_or_default(),
         server.host().unwrap_or_default(),
     ) {
-        return Err(IssueError::Config(format!("API server {server}: {why}")));
+        return Err(Failure::Config(format!("API server {server}: {why}")));
     }
     if let Some(ca) = &cluster.ca_file {
         config.root_cert = Some(read_ca(ca)?);

@@ -3,7 +3,7 @@
 //! shutdown; and the choice of each cluster's issuer.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
