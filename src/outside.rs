@@ -60,16 +60,19 @@ where
             continue;
         };
         if !append_capped(&mut buf, &data, cap) {
-            return Ok(Capped {
-                bytes: buf.freeze(),
-                truncated: true,
-            });
+            return Ok(Capped::of(buf, true));
         }
     }
-    Ok(Capped {
-        bytes: buf.freeze(),
-        truncated: false,
-    })
+    Ok(Capped::of(buf, false))
+}
+
+impl Capped {
+    fn of(buf: BytesMut, truncated: bool) -> Capped {
+        Capped {
+            bytes: buf.freeze(),
+            truncated,
+        }
+    }
 }
 
 /// Appends `data` to `buf` up to `cap` bytes in all; `false` when some of
@@ -88,16 +91,10 @@ pub async fn read_response(
     let mut buf = BytesMut::new();
     while let Some(data) = response.chunk().await? {
         if !append_capped(&mut buf, &data, cap) {
-            return Ok(Capped {
-                bytes: buf.freeze(),
-                truncated: true,
-            });
+            return Ok(Capped::of(buf, true));
         }
     }
-    Ok(Capped {
-        bytes: buf.freeze(),
-        truncated: false,
-    })
+    Ok(Capped::of(buf, false))
 }
 
 /// Outside text made safe to log or show: secrets redacted ([`redact`]),

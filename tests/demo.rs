@@ -3,8 +3,8 @@
 
 use std::process::Command;
 
-#[test]
-fn the_demo_rotates_reloads_and_prometheus_scrapes_every_node() {
+/// The demo's tests need the real Prometheus (CI installs it).
+fn require_prometheus() {
     let prometheus = Command::new("sh")
         .args(["-c", "command -v prometheus"])
         .output()
@@ -13,6 +13,21 @@ fn the_demo_rotates_reloads_and_prometheus_scrapes_every_node() {
         prometheus.status.success(),
         "prometheus is required (Debian: apt-get install prometheus)"
     );
+}
+
+/// The summary's `up` lines: 2 clusters × 2 nodes, every one scraped.
+fn assert_every_node_up(stdout: &str) {
+    let up: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.trim().starts_with("up{"))
+        .collect();
+    assert_eq!(up.len(), 4, "2 clusters × 2 nodes: {stdout}");
+    assert!(up.iter().all(|l| l.trim().ends_with("= 1")), "{stdout}");
+}
+
+#[test]
+fn the_demo_rotates_reloads_and_prometheus_scrapes_every_node() {
+    require_prometheus();
     let out = Command::new(env!("CARGO_BIN_EXE_mcprom"))
         .args(["demo", "--for", "30s"])
         .env("NO_COLOR", "1")
@@ -39,12 +54,7 @@ fn the_demo_rotates_reloads_and_prometheus_scrapes_every_node() {
     }
     assert!(stderr.matches("token refreshed").count() >= 6, "{stderr}");
     assert!(stderr.contains("prometheus reloaded"), "{stderr}");
-    let up: Vec<&str> = stdout
-        .lines()
-        .filter(|l| l.trim().starts_with("up{"))
-        .collect();
-    assert_eq!(up.len(), 4, "2 clusters × 2 nodes: {stdout}");
-    assert!(up.iter().all(|l| l.trim().ends_with("= 1")), "{stdout}");
+    assert_every_node_up(&stdout);
     assert!(stdout.contains("0 failed"), "{stdout}");
 }
 
@@ -58,14 +68,7 @@ fn ctrl_c_keeps_the_summary_and_then_stops_prometheus() {
     use std::process::Stdio;
     use std::time::{Duration, Instant};
 
-    let prometheus = Command::new("sh")
-        .args(["-c", "command -v prometheus"])
-        .output()
-        .unwrap();
-    assert!(
-        prometheus.status.success(),
-        "prometheus is required (Debian: apt-get install prometheus)"
-    );
+    require_prometheus();
     let mut child = Command::new(env!("CARGO_BIN_EXE_mcprom"))
         .arg("demo")
         .env("NO_COLOR", "1")
@@ -117,12 +120,7 @@ fn ctrl_c_keeps_the_summary_and_then_stops_prometheus() {
     );
     assert!(status.success(), "{status}\n{stdout}\n{stderr}");
     assert!(!stdout.contains("cannot query"), "{stdout}");
-    let up: Vec<&str> = stdout
-        .lines()
-        .filter(|l| l.trim().starts_with("up{"))
-        .collect();
-    assert_eq!(up.len(), 4, "2 clusters × 2 nodes: {stdout}");
-    assert!(up.iter().all(|l| l.trim().ends_with("= 1")), "{stdout}");
+    assert_every_node_up(&stdout);
     // And its Prometheus is gone.
     let url = stdout
         .split("real Prometheus at ")

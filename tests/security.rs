@@ -6,7 +6,6 @@ mod common;
 #[path = "common/reliability.rs"]
 mod reliability;
 
-use std::io::Read as _;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -26,33 +25,12 @@ const OTHER_USER: u32 = 65534;
 /// `mcprom run` under `prlimit --nofile=N:N`, stderr collected.
 fn start_daemon_limited(config: &Path, nofile: u32, rust_log: &str) -> Daemon {
     let prlimit = required_tool("prlimit", "apt-get install util-linux");
-    let mut child = Command::new(prlimit)
+    let mut command = Command::new(prlimit);
+    command
         .arg(format!("--nofile={nofile}:{nofile}"))
         .arg("--")
-        .arg(MCPROM)
-        .args(["run", "--config"])
-        .arg(config)
-        .env("RUST_LOG", rust_log)
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start mcprom under prlimit");
-    let log = Arc::new(std::sync::Mutex::new(String::new()));
-    let mut stderr = child.stderr.take().unwrap();
-    let sink = log.clone();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 8192];
-        while let Ok(n) = stderr.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock()
-                .unwrap()
-                .push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
-    Daemon { child, log }
+        .arg(MCPROM);
+    Daemon::run_by(command, config, rust_log)
 }
 
 /// A Python program run as [`OTHER_USER`] (`setpriv`, no groups).
@@ -1421,6 +1399,30 @@ async fn rotate_requests_while_one_is_in_flight_make_one_token_request() {
     assert!(status.success());
 }
 
+/// Start mcprom on `conf`; c2 gets its token at `c2_token` while c1's
+/// status names `expected` as its last error. The daemon is still running.
+async fn c2_fine_c1_refused(
+    sim: &Sim,
+    work: &Path,
+    conf: &Conf,
+    c2_token: &Path,
+    expected: &str,
+) -> Daemon {
+    let config = write_config(sim, work, conf, None);
+    let daemon = Daemon::start(&config, "info");
+    let socket = work.join("control.sock");
+    next_token(c2_token, "", Duration::from_secs(60), "c2's token").await;
+    let c1 = eventually(Duration::from_secs(60), "c1's error", || async {
+        status_of(&socket, "c1")
+            .await
+            .filter(|s| s["last_error"].is_string())
+    })
+    .await;
+    let error = c1["last_error"].as_str().unwrap();
+    assert!(error.contains(expected), "{error}");
+    daemon
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_path_mcprom_refuses_to_replace_gets_no_lock_file_beside_it() {
     use std::os::unix::fs::FileTypeExt as _;
@@ -1444,30 +1446,17 @@ async fn a_token_path_mcprom_refuses_to_replace_gets_no_lock_file_beside_it() {
         cluster_extra: vec![("c1".into(), format!("token_file = \"{}\"", null.display()))],
         ..Conf::default()
     };
-    let config = write_config(&sim, work.path(), &conf, None);
-    let mut daemon = Daemon::start(&config, "info");
-    let socket = work.path().join("control.sock");
-    next_token(
+    let mut daemon = c2_fine_c1_refused(
+        &sim,
+        work.path(),
+        &conf,
         &work.path().join("tokens/c2.token"),
-        "",
-        Duration::from_secs(60),
-        "c2's token",
-    )
-    .await;
-    let c1 = eventually(Duration::from_secs(60), "c1's error", || async {
-        status_of(&socket, "c1")
-            .await
-            .filter(|s| s["last_error"].is_string())
-    })
-    .await;
-    let error = c1["last_error"].as_str().unwrap();
-    assert!(
-        error.contains(&format!(
+        &format!(
             "{} is a character device, not a regular file",
             null.display()
-        )),
-        "{error}"
-    );
+        ),
+    )
+    .await;
     let (status, _) = daemon.terminate();
     assert!(status.success());
     assert!(file_type_of(&null).is_char_device());
@@ -1499,30 +1488,14 @@ async fn a_link_at_the_lock_files_name_stops_writes_in_that_directory_only() {
         )],
         ..Conf::default()
     };
-    let config = write_config(&sim, work.path(), &conf, None);
-    let mut daemon = Daemon::start(&config, "info");
-    let socket = work.path().join("control.sock");
-    next_token(
+    let mut daemon = c2_fine_c1_refused(
+        &sim,
+        work.path(),
+        &conf,
         &work.path().join("other/c2.token"),
-        "",
-        Duration::from_secs(60),
-        "c2's token",
+        &format!("{} is a symbolic link, not a regular file", lock.display()),
     )
     .await;
-    let c1 = eventually(Duration::from_secs(60), "c1's error", || async {
-        status_of(&socket, "c1")
-            .await
-            .filter(|s| s["last_error"].is_string())
-    })
-    .await;
-    let error = c1["last_error"].as_str().unwrap();
-    assert!(
-        error.contains(&format!(
-            "{} is a symbolic link, not a regular file",
-            lock.display()
-        )),
-        "{error}"
-    );
     assert!(
         !tokens.join("c1.token").exists(),
         "c1's token was written without the directory's lock"

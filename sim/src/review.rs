@@ -114,18 +114,7 @@ enum Body {
 }
 
 async fn read_body(req: Request<Incoming>) -> Result<Result<Body, Resp>, DropConnection> {
-    let content_type = req
-        .headers()
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        })
-        .unwrap_or_default();
+    let content_type = crate::api::media_type(&req);
     let protobuf = content_type == "application/vnd.kubernetes.protobuf";
     if !protobuf && !matches!(content_type.as_str(), "" | "application/json") {
         return Ok(Err(status_resp(

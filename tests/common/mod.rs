@@ -277,12 +277,19 @@ impl Daemon {
 
     /// [`Daemon::start`] with extra environment variables.
     pub fn start_with(config: &Path, rust_log: &str, env: &[(&str, &std::ffi::OsStr)]) -> Daemon {
-        let mut child = Command::new(MCPROM)
+        let mut command = Command::new(MCPROM);
+        command.envs(env.iter().copied());
+        Daemon::run_by(command, config, rust_log)
+    }
+
+    /// `COMMAND run --config CONFIG` (COMMAND is `mcprom` itself, or a
+    /// wrapper whose last argument is `mcprom`), stderr collected.
+    pub fn run_by(mut command: Command, config: &Path, rust_log: &str) -> Daemon {
+        let mut child = command
             .args(["run", "--config"])
             .arg(config)
             .env("RUST_LOG", rust_log)
             .env("NO_COLOR", "1")
-            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

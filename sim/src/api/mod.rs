@@ -25,7 +25,7 @@ use super::{review, secrets};
 use auth::{authenticate, authorized};
 use discovery::non_resource;
 use nodes::{kubelet, node_json, node_list};
-pub(crate) use response::{Resp, json_resp, status_resp};
+pub(crate) use response::{Resp, json_resp, media_type, status_resp};
 use response::{bad_request, fault_resp, not_found, not_found_path, unauthorized};
 use token_request::token_request;
 

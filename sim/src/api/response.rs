@@ -127,3 +127,19 @@ pub(super) fn fault_resp(code: u16, retry_after: Option<u64>) -> Resp {
     }
     r
 }
+
+/// A request's media type: its `Content-Type` without parameters, in lower
+/// case; empty when it has none.
+pub(crate) fn media_type<B>(req: &http::Request<B>) -> String {
+    req.headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default()
+}

@@ -2,7 +2,7 @@
 //! protobuf TokenRequest, the real server's validation order and messages,
 //! `spec.boundObjectRef`, unknown-field warnings, and signing the token.
 
-use http::header::{CONTENT_TYPE, HeaderValue};
+use http::header::HeaderValue;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt as _, Limited};
 use hyper::body::Incoming;
@@ -14,7 +14,7 @@ use crate::jwt::{Claims, ISSUER, KubernetesClaim, ServiceAccountRef};
 use crate::proto;
 
 use super::nodes::node_uid;
-use super::response::{bad_request, not_found};
+use super::response::{bad_request, media_type, not_found};
 use super::{DropConnection, Resp, Settings, json_resp, now, status_resp};
 
 /// Largest request body accepted.
@@ -202,18 +202,7 @@ pub(super) async fn token_request(
     ns: &str,
     name: &str,
 ) -> Result<Resp, DropConnection> {
-    let content_type = req
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        })
-        .unwrap_or_default();
+    let content_type = media_type(&req);
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
