@@ -376,10 +376,6 @@ impl DirLocks {
     /// Hold the lock of `dir`, taking it (and cleaning up stale temp files
     /// there) if it is not held yet.
     pub fn ensure(&self, dir: &Path) -> Result<(), LockError> {
-        let mut held = self
-            .held
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
         fs::create_dir_all(dir).map_err(|source| LockError::Io {
             dir: dir.to_owned(),
             source,
@@ -388,6 +384,12 @@ impl DirLocks {
         // whose paths differ by a symlinked directory share it (a second
         // flock from this process would fail as "held").
         let dir = fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned());
+        // Every write passes here: the file-system calls above run outside
+        // the mutex, so writes to different clusters do not queue on them.
+        let mut held = self
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if held.contains_key(&dir) {
             return Ok(());
         }
