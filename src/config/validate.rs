@@ -105,6 +105,7 @@ struct Defaults {
     file_mode: u32,
     file_group: Option<String>,
     verify: Verify,
+    kubeconfig_dir: Option<PathBuf>,
 }
 
 /// A file a cluster reads: the key naming it, the resolved path, and the
@@ -116,6 +117,7 @@ struct ClusterFiles {
     label: String,
     offset: usize,
     token_file_offset: Option<usize>,
+    kubeconfig_file_offset: Option<usize>,
     inputs: Vec<InputFile>,
     self_renew: bool,
 }
@@ -504,6 +506,10 @@ impl Validator<'_> {
                     })
                     .unwrap_or(DEFAULT_VERIFY_INTERVAL),
             },
+            kubeconfig_dir: file
+                .kubeconfig_dir
+                .as_ref()
+                .and_then(|d| self.path_value(d, CX, "kubeconfig_dir")),
         }
     }
 
@@ -543,6 +549,7 @@ impl Validator<'_> {
             }
         }
         self.cross_check_files(&out, &files);
+        self.cross_check_kubeconfigs(&out, &files);
         out
     }
 
@@ -631,6 +638,11 @@ impl Validator<'_> {
             (Some(p), _) => self.path_value(p, cx, "token_file"),
             (None, Some(name)) => Some(defaults.token_dir.join(format!("{name}.token"))),
             (None, None) => None,
+        };
+        let kubeconfig_file = match (&c.kubeconfig_file, &name, &defaults.kubeconfig_dir) {
+            (Some(p), _, _) => self.path_value(p, cx, "kubeconfig_file"),
+            (None, Some(name), Some(dir)) => Some(dir.join(format!("{name}.kubeconfig"))),
+            _ => None,
         };
         let mut audiences = Vec::new();
         for audience in c.audiences.iter().flat_map(|a| a.get_ref()) {
@@ -736,6 +748,7 @@ impl Validator<'_> {
             label: cx.to_string(),
             offset,
             token_file_offset: c.token_file.as_ref().map(|t| t.span().start),
+            kubeconfig_file_offset: c.kubeconfig_file.as_ref().map(|k| k.span().start),
             inputs,
             self_renew,
         };
@@ -746,6 +759,7 @@ impl Validator<'_> {
             insecure_skip_tls_verify,
             service_account: service_account?,
             token_file: token_file?,
+            kubeconfig_file,
             audiences,
             expiration: expiration?,
             refresh_at: refresh_at?,
@@ -955,6 +969,61 @@ impl Validator<'_> {
                         cluster.name
                     );
                     self.error(at, &f.label, message);
+                }
+            }
+        }
+    }
+}
+
+impl Validator<'_> {
+    /// Kubeconfig files written twice, or written over a token file, a
+    /// file some cluster reads, or the config file itself.
+    fn cross_check_kubeconfigs(&mut self, clusters: &[ClusterSettings], files: &[ClusterFiles]) {
+        let resolve = |path: &Path| match path.file_name() {
+            Some(name) => super::resolved_dir(path).join(name),
+            None => path.to_path_buf(),
+        };
+        // What each path already is, and the cluster whose kubeconfig it is.
+        let mut taken: HashMap<PathBuf, (String, Option<&str>)> = HashMap::new();
+        taken.insert(resolve(&self.path), ("the config file itself".into(), None));
+        for (cluster, f) in clusters.iter().zip(files) {
+            let line = self.report.line(f.token_file_offset.unwrap_or(f.offset));
+            taken
+                .entry(resolve(&cluster.token_file))
+                .or_insert_with(|| (format!("the token_file of {} (line {line})", f.label), None));
+            for (key, path, at) in &f.inputs {
+                let line = self.report.line(*at);
+                taken
+                    .entry(resolve(path))
+                    .or_insert_with(|| (format!("the {key} of {} (line {line})", f.label), None));
+            }
+        }
+        for (cluster, f) in clusters.iter().zip(files) {
+            let Some(kubeconfig) = &cluster.kubeconfig_file else {
+                continue;
+            };
+            let at = f.kubeconfig_file_offset.unwrap_or(f.offset);
+            let key = if f.kubeconfig_file_offset.is_some() {
+                "key \"kubeconfig_file\""
+            } else {
+                "key \"kubeconfig_file\" (defaulted to {kubeconfig_dir}/{name}.kubeconfig)"
+            };
+            let resolved = resolve(kubeconfig);
+            match taken.get(&resolved) {
+                // Already reported as a duplicate name.
+                Some((_, Some(name))) if *name == cluster.name => {}
+                Some((owner, _)) => {
+                    let message = format!(
+                        "{key}: {} is {owner}; mcprom would overwrite it with the kubeconfig it \
+                         writes (give each cluster its own kubeconfig_file)",
+                        kubeconfig.display()
+                    );
+                    self.error(at, &f.label, message);
+                }
+                None => {
+                    let line = self.report.line(at);
+                    let owner = format!("also the kubeconfig_file of {} (line {line})", f.label);
+                    taken.insert(resolved, (owner, Some(&cluster.name)));
                 }
             }
         }
