@@ -92,7 +92,12 @@ pub enum Command {
         /// job's token file and CA) or `kubeconfig` (kubeconfig_file: the
         /// kubeconfig mcprom writes for each cluster; needs kubeconfig_file or
         /// [defaults] kubeconfig_dir). The scrapes use the token file either way.
-        #[arg(long, value_enum, default_value = "api-server", conflicts_with = "static_nodes")]
+        #[arg(
+            long,
+            value_enum,
+            default_value = "api-server",
+            conflicts_with = "static_nodes"
+        )]
         discovery: crate::render::scrape::Discovery,
     },
     /// Store a first token, read from stdin, for a self-renewing cluster.

@@ -105,7 +105,10 @@ struct ClusterEntry {
 #[derive(Serialize)]
 struct ClusterFields {
     server: String,
-    #[serde(rename = "certificate-authority", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "certificate-authority",
+        skip_serializing_if = "Option::is_none"
+    )]
     certificate_authority: Option<String>,
     #[serde(
         rename = "certificate-authority-data",
@@ -316,7 +319,11 @@ mod tests {
 
     fn cluster(dir: &Path) -> ClusterSettings {
         ClusterSettings {
-            api_server: Some("https://rancher.example.com/k8s/clusters/c-m-abc12".parse().unwrap()),
+            api_server: Some(
+                "https://rancher.example.com/k8s/clusters/c-m-abc12"
+                    .parse()
+                    .unwrap(),
+            ),
             ca_file: Some("/etc/mcprom/prod/ca.crt".into()),
             token_file: dir.join("tokens/prod.token"),
             kubeconfig_file: Some(dir.join("kube/prod.kubeconfig")),
@@ -353,7 +360,10 @@ mod tests {
         );
         assert!(user.token.is_none());
         let context = k.contexts[0].context.as_ref().unwrap();
-        assert_eq!((context.cluster.as_str(), context.user.as_deref()), ("prod", Some("prod")));
+        assert_eq!(
+            (context.cluster.as_str(), context.user.as_deref()),
+            ("prod", Some("prod"))
+        );
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o640);
     }
@@ -411,8 +421,14 @@ mod tests {
         ensure(&c).unwrap();
         let k = parsed(c.kubeconfig_file.as_ref().unwrap());
         let cluster = k.clusters[0].cluster.as_ref().unwrap();
-        assert_eq!(cluster.server.as_deref(), Some("https://10.1.2.3:6443/prefix"));
-        assert_eq!(cluster.certificate_authority_data.as_deref(), Some(data.as_str()));
+        assert_eq!(
+            cluster.server.as_deref(),
+            Some("https://10.1.2.3:6443/prefix")
+        );
+        assert_eq!(
+            cluster.certificate_authority_data.as_deref(),
+            Some(data.as_str())
+        );
         assert_eq!(cluster.tls_server_name.as_deref(), Some("api.internal"));
     }
 

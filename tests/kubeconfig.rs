@@ -111,7 +111,10 @@ async fn kubectl_lists_nodes_with_the_written_kubeconfig_across_rotations() {
     assert_eq!(mode, 0o600, "the kubeconfig has the cluster's file_mode");
     let text = std::fs::read_to_string(&kubeconfig).unwrap();
     assert!(
-        text.contains(&format!("{}/clusters/c1", sim.api_server("c1").split("/clusters/").next().unwrap())),
+        text.contains(&format!(
+            "{}/clusters/c1",
+            sim.api_server("c1").split("/clusters/").next().unwrap()
+        )),
         "{text}"
     );
     assert!(!text.contains(&first), "the kubeconfig holds no token");
@@ -130,7 +133,12 @@ async fn kubectl_lists_nodes_with_the_written_kubeconfig_across_rotations() {
         let who = kubectl_with(
             &kubeconfig,
             &home,
-            &["auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"],
+            &[
+                "auth",
+                "whoami",
+                "-o",
+                "jsonpath={.status.userInfo.username}",
+            ],
         );
         assert_eq!(who, "system:serviceaccount:kube-system:prometheus-test");
     }
@@ -156,7 +164,12 @@ async fn kubectl_lists_nodes_with_the_written_kubeconfig_across_rotations() {
     let other = kubectl_with(
         &work.path().join("kube/c2.kubeconfig"),
         &home,
-        &["auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"],
+        &[
+            "auth",
+            "whoami",
+            "-o",
+            "jsonpath={.status.userInfo.username}",
+        ],
     );
     assert_eq!(other, "system:serviceaccount:kube-system:prometheus-test");
 }
@@ -186,9 +199,11 @@ async fn a_deleted_kubeconfig_is_written_again_before_the_next_token() {
 
     std::fs::write(&kubeconfig, "edited by hand\n").unwrap();
     let _daemon = Daemon::start(&config, "info");
-    eventually(Duration::from_secs(60), "the kubeconfig put right", || async {
-        (std::fs::read_to_string(&kubeconfig).ok()? == original).then_some(())
-    })
+    eventually(
+        Duration::from_secs(60),
+        "the kubeconfig put right",
+        || async { (std::fs::read_to_string(&kubeconfig).ok()? == original).then_some(()) },
+    )
     .await;
 }
 
@@ -226,11 +241,17 @@ fn check_refuses_a_kubeconfig_written_twice_or_over_another_file() {
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(78), "{stderr}");
     let shown = config.display().to_string();
-    let lines_b = text.lines().enumerate().filter(|(_, l)| l.contains("shared.kubeconfig"));
+    let lines_b = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.contains("shared.kubeconfig"));
     let line_b = lines_b.map(|(i, _)| i + 1).nth(1).unwrap();
     for (line, says) in [
         (line_b, "is also the kubeconfig_file of cluster \"a\""),
-        (line_of("\"tokens/a.token\""), "is the token_file of cluster \"a\""),
+        (
+            line_of("\"tokens/a.token\""),
+            "is the token_file of cluster \"a\"",
+        ),
         (
             line_of("kubeconfig_file = \"issuer-d.token\""),
             "is the credentials.token_file of cluster \"d\"",
@@ -239,9 +260,9 @@ fn check_refuses_a_kubeconfig_written_twice_or_over_another_file() {
     ] {
         let prefix = format!("{shown}:{line}:");
         assert!(
-            stderr
-                .lines()
-                .any(|l| l.starts_with(&prefix) && l.contains(says) && l.contains("kubeconfig_file")),
+            stderr.lines().any(|l| l.starts_with(&prefix)
+                && l.contains(says)
+                && l.contains("kubeconfig_file")),
             "no error at {prefix} saying {says:?}:\n{stderr}"
         );
     }
@@ -255,19 +276,35 @@ fn kubeconfig_dir_names_one_file_per_cluster_and_kubeconfig_file_overrides_it() 
     let sim = sim();
     let work = tempfile::tempdir().unwrap();
     let mut conf = Conf {
-        extra_defaults: format!("kubeconfig_dir = \"{}\"", work.path().join("kube").display()),
+        extra_defaults: format!(
+            "kubeconfig_dir = \"{}\"",
+            work.path().join("kube").display()
+        ),
         ..Conf::default()
     };
     conf.cluster_extra = vec![(
         "c2".into(),
-        format!("kubeconfig_file = \"{}\"", work.path().join("own/c2.yaml").display()),
+        format!(
+            "kubeconfig_file = \"{}\"",
+            work.path().join("own/c2.yaml").display()
+        ),
     )];
     let config = write_config(&sim, work.path(), &conf, None);
     let out = run_mcprom(
-        &["scrape-config", "--discovery", "kubeconfig", "--config", config.to_str().unwrap()],
+        &[
+            "scrape-config",
+            "--discovery",
+            "kubeconfig",
+            "--config",
+            config.to_str().unwrap(),
+        ],
         "",
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let yaml: serde_yaml_ng::Value = serde_yaml_ng::from_slice(&out.stdout).unwrap();
     let jobs = yaml["scrape_configs"].as_sequence().unwrap();
     assert_eq!(jobs.len(), 4);
@@ -279,10 +316,17 @@ fn kubeconfig_dir_names_one_file_per_cluster_and_kubeconfig_file_overrides_it() 
         } else {
             work.path().join("own/c2.yaml")
         };
-        assert_eq!(sd["kubeconfig_file"].as_str(), Some(expected.to_str().unwrap()), "{name}");
+        assert_eq!(
+            sd["kubeconfig_file"].as_str(),
+            Some(expected.to_str().unwrap()),
+            "{name}"
+        );
         assert_eq!(sd["role"].as_str(), Some("node"));
         for refused in ["api_server", "authorization", "tls_config", "proxy_url"] {
-            assert!(sd.get(refused).is_none(), "{name}: Prometheus refuses {refused} with kubeconfig_file");
+            assert!(
+                sd.get(refused).is_none(),
+                "{name}: Prometheus refuses {refused} with kubeconfig_file"
+            );
         }
         // The scrape through the node proxy still needs the token itself.
         let token = work.path().join(format!("tokens/{}.token", &name[..2]));
@@ -302,7 +346,13 @@ fn discovery_by_kubeconfig_needs_a_kubeconfig_and_the_default_form_is_unchanged(
     let work = tempfile::tempdir().unwrap();
     let config = write_config(&sim, work.path(), &Conf::default(), None);
     let out = run_mcprom(
-        &["scrape-config", "--discovery", "kubeconfig", "--config", config.to_str().unwrap()],
+        &[
+            "scrape-config",
+            "--discovery",
+            "kubeconfig",
+            "--config",
+            config.to_str().unwrap(),
+        ],
         "",
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -310,7 +360,11 @@ fn discovery_by_kubeconfig_needs_a_kubeconfig_and_the_default_form_is_unchanged(
     assert!(out.stdout.is_empty());
     assert!(stderr.contains("kubeconfig_dir"), "{stderr}");
     let out = run_mcprom(&["scrape-config", "--config", config.to_str().unwrap()], "");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let yaml: serde_yaml_ng::Value = serde_yaml_ng::from_slice(&out.stdout).unwrap();
     let sd = &yaml["scrape_configs"][0]["kubernetes_sd_configs"][0];
     assert!(sd["api_server"].as_str().unwrap().ends_with("/clusters/c1"));

@@ -88,7 +88,12 @@ async fn prometheus_3_discovers_with_the_written_kubeconfig_and_kubectl_lists_no
     let who = kubectl(
         &kubeconfig,
         &home,
-        &["auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"],
+        &[
+            "auth",
+            "whoami",
+            "-o",
+            "jsonpath={.status.userInfo.username}",
+        ],
     );
     assert_eq!(who, "system:serviceaccount:kube-system:prometheus-test");
 
@@ -110,7 +115,12 @@ async fn prometheus_3_discovers_with_the_written_kubeconfig_and_kubectl_lists_no
         String::from_utf8_lossy(&promtool.stderr)
     );
 
-    let prom = Prom::start_on(&tool("prometheus"), &work.join("prom3"), &prom_config, sd_port);
+    let prom = Prom::start_on(
+        &tool("prometheus"),
+        &work.join("prom3"),
+        &prom_config,
+        sd_port,
+    );
     prom.ready().await;
     // 2 nodes × 2 jobs (cadvisor, kubelet).
     prom.all_up(4, UP_WAIT).await;
@@ -120,7 +130,11 @@ async fn prometheus_3_discovers_with_the_written_kubeconfig_and_kubectl_lists_no
         let old = token_in(&work, "c1").unwrap();
         stdout_of(&mcprom(&config, &["rotate"]), "mcprom rotate");
         let new = new_token(&work, "c1", Some(&old), TOKEN_WAIT).await;
-        assert_eq!(world.status_for_token("c1", &new).await, 200, "round {round}");
+        assert_eq!(
+            world.status_for_token("c1", &new).await,
+            200,
+            "round {round}"
+        );
         let nodes = kubectl(&kubeconfig, &home, &["get", "nodes", "-o", "name"]);
         assert_eq!(nodes.trim(), "node/node-1\nnode/node-2", "round {round}");
         // Several scrapes with each new token (and a reload of Prometheus).
