@@ -174,8 +174,8 @@ async fn kubectl_lists_nodes_with_the_written_kubeconfig_across_rotations() {
     assert_eq!(other, "system:serviceaccount:kube-system:prometheus-test");
 }
 
-/// A kubeconfig that was deleted is back before the next token; one edited
-/// by hand is put right at the next start.
+/// `status --json` names the kubeconfig; one that was deleted is back
+/// before the next token; one edited by hand is put right at the next start.
 #[tokio::test]
 async fn a_deleted_kubeconfig_is_written_again_before_the_next_token() {
     let sim = sim();
@@ -189,6 +189,22 @@ async fn a_deleted_kubeconfig_is_written_again_before_the_next_token() {
     })
     .await;
     let original = std::fs::read_to_string(&kubeconfig).unwrap();
+    let status = run_mcprom(
+        &["status", "--json", "--config", config.to_str().unwrap()],
+        "",
+    );
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let c1 = status["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "c1")
+        .unwrap();
+    assert_eq!(
+        c1["kubeconfig_file"].as_str(),
+        kubeconfig.to_str(),
+        "{status}"
+    );
     std::fs::remove_file(&kubeconfig).unwrap();
     eventually(Duration::from_secs(60), "a rotation of c1", || async {
         read_token(&token_file).filter(|t| *t != first)
