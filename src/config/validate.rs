@@ -979,26 +979,39 @@ impl Validator<'_> {
     /// Kubeconfig files written twice, or written over a token file, a
     /// file some cluster reads, or the config file itself.
     fn cross_check_kubeconfigs(&mut self, clusters: &[ClusterSettings], files: &[ClusterFiles]) {
-        let resolve = |path: &Path| match path.file_name() {
-            Some(name) => super::resolved_dir(path).join(name),
-            None => path.to_path_buf(),
+        if clusters.iter().all(|c| c.kubeconfig_file.is_none()) {
+            return;
+        }
+        // As in `cross_check_files`: each directory resolved once.
+        let mut dirs: HashMap<PathBuf, PathBuf> = HashMap::new();
+        let mut resolve = |path: &Path| -> PathBuf {
+            let dir = path.parent().unwrap_or(Path::new("/")).to_path_buf();
+            let resolved = dirs
+                .entry(dir)
+                .or_insert_with_key(|dir| super::resolved_dir(&dir.join("x")));
+            match path.file_name() {
+                Some(name) => resolved.join(name),
+                None => path.to_path_buf(),
+            }
         };
-        // What each path already is, and the cluster whose kubeconfig it is.
-        let mut taken: HashMap<PathBuf, (String, Option<&str>)> = HashMap::new();
-        taken.insert(resolve(&self.path), ("the config file itself".into(), None));
-        for (cluster, f) in clusters.iter().zip(files) {
-            let line = self.report.line(f.token_file_offset.unwrap_or(f.offset));
+        // What each path already is: the config file, or a file of cluster
+        // `i` (its key and where it is set). Described only on a clash.
+        enum Owner {
+            Config,
+            Of(usize, &'static str, usize),
+        }
+        let mut taken: HashMap<PathBuf, Owner> = HashMap::new();
+        taken.insert(resolve(&self.path), Owner::Config);
+        for (i, (cluster, f)) in clusters.iter().zip(files).enumerate() {
+            let at = f.token_file_offset.unwrap_or(f.offset);
             taken
                 .entry(resolve(&cluster.token_file))
-                .or_insert_with(|| (format!("the token_file of {} (line {line})", f.label), None));
+                .or_insert(Owner::Of(i, "token_file", at));
             for (key, path, at) in &f.inputs {
-                let line = self.report.line(*at);
-                taken
-                    .entry(resolve(path))
-                    .or_insert_with(|| (format!("the {key} of {} (line {line})", f.label), None));
+                taken.entry(resolve(path)).or_insert(Owner::Of(i, key, *at));
             }
         }
-        for (cluster, f) in clusters.iter().zip(files) {
+        for (i, (cluster, f)) in clusters.iter().zip(files).enumerate() {
             let Some(kubeconfig) = &cluster.kubeconfig_file else {
                 continue;
             };
@@ -1009,23 +1022,33 @@ impl Validator<'_> {
                 "key \"kubeconfig_file\" (defaulted to {kubeconfig_dir}/{name}.kubeconfig)"
             };
             let resolved = resolve(kubeconfig);
-            match taken.get(&resolved) {
-                // Already reported as a duplicate name.
-                Some((_, Some(name))) if *name == cluster.name => {}
-                Some((owner, _)) => {
-                    let message = format!(
-                        "{key}: {} is {owner}; mcprom would overwrite it with the kubeconfig it \
-                         writes (give each cluster its own kubeconfig_file)",
-                        kubeconfig.display()
-                    );
-                    self.error(at, &f.label, message);
-                }
+            let owner = match taken.get(&resolved) {
                 None => {
-                    let line = self.report.line(at);
-                    let owner = format!("also the kubeconfig_file of {} (line {line})", f.label);
-                    taken.insert(resolved, (owner, Some(&cluster.name)));
+                    taken.insert(resolved, Owner::Of(i, "kubeconfig_file", at));
+                    continue;
                 }
-            }
+                // Already reported as a duplicate name.
+                Some(Owner::Of(j, "kubeconfig_file", _)) if clusters[*j].name == cluster.name => {
+                    continue;
+                }
+                Some(Owner::Config) => "the config file itself".to_owned(),
+                Some(Owner::Of(j, other, where_)) => format!(
+                    "{}the {other} of {} (line {})",
+                    if *other == "kubeconfig_file" {
+                        "also "
+                    } else {
+                        ""
+                    },
+                    files[*j].label,
+                    self.report.line(*where_)
+                ),
+            };
+            let message = format!(
+                "{key}: {} is {owner}; mcprom would overwrite it with the kubeconfig it \
+                 writes (give each cluster its own kubeconfig_file)",
+                kubeconfig.display()
+            );
+            self.error(at, &f.label, message);
         }
     }
 }
