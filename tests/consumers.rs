@@ -372,7 +372,7 @@ timeout = "soon"
         format!(
             "{p}:12:8: consumer \"prometheus\": key \"name\": \"prometheus\" is the name of [prometheus]"
         ),
-        format!("{p}:18:1: consumer \"vm\": keys \"url\" and \"command\": both are set"),
+        format!("{p}:18:11: consumer \"vm\": keys \"url\" and \"command\": both are set"),
         format!("{p}:20:1: consumer \"nothing\": missing key \"url\" or \"command\""),
         format!("{p}:24:8: consumer \"vm\": key \"name\": duplicate consumer name \"vm\", first used on line 16"),
         format!("{p}:25:11: consumer \"vm\": key \"command\": the list is empty"),
