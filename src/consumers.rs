@@ -638,12 +638,9 @@ pub(crate) fn encode_metrics(
         "mcprom_consumer_reload_failing",
         "1 while each [[consumer]]'s last reload failed (retrying with backoff), else 0.",
         None,
-        consumers.iter().map(|c| {
-            (
-                label(c),
-                if c.last_error.is_some() { 1.0 } else { 0.0 },
-            )
-        }),
+        consumers
+            .iter()
+            .map(|c| (label(c), if c.last_error.is_some() { 1.0 } else { 0.0 })),
     )?;
     Ok(())
 }

@@ -34,7 +34,10 @@ fn vmagent_binary() -> PathBuf {
         .stderr(Stdio::inherit())
         .output()
         .expect("run testbed/build");
-    assert!(out.status.success(), "testbed/build failed: vmagent is needed");
+    assert!(
+        out.status.success(),
+        "testbed/build failed: vmagent is needed"
+    );
     let v: Value = serde_json::from_slice(&out.stdout).expect("testbed/build's JSON line");
     let path = PathBuf::from(v["vmagent"].as_str().expect("testbed/build names vmagent"));
     assert!(path.is_file(), "{} is missing", path.display());
@@ -72,11 +75,20 @@ fn start_vmagent(dir: &Path, scrape: &str, port: u16) -> Agent {
     std::fs::write(dir.join("scrape.yml"), scrape).unwrap();
     let child = Command::new(vmagent_binary())
         .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
-        .arg(format!("-promscrape.config={}", dir.join("scrape.yml").display()))
+        .arg(format!(
+            "-promscrape.config={}",
+            dir.join("scrape.yml").display()
+        ))
         // Nothing listens there: samples queue on disk; the test reads
         // vmagent's own API, not a remote store.
-        .arg(format!("-remoteWrite.url=http://127.0.0.1:{}/api/v1/write", free_port()))
-        .arg(format!("-remoteWrite.tmpDataPath={}", dir.join("data").display()))
+        .arg(format!(
+            "-remoteWrite.url=http://127.0.0.1:{}/api/v1/write",
+            free_port()
+        ))
+        .arg(format!(
+            "-remoteWrite.tmpDataPath={}",
+            dir.join("data").display()
+        ))
         .arg("-loggerLevel=ERROR")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -92,8 +104,14 @@ fn start_prometheus3(dir: &Path, scrape: &str, port: u16) -> Agent {
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("prometheus.yml"), scrape).unwrap();
     let child = Command::new(realworld::tool("prometheus"))
-        .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
-        .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
+        .arg(format!(
+            "--config.file={}",
+            dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("tsdb").display()
+        ))
         .arg(format!("--web.listen-address=127.0.0.1:{port}"))
         .arg("--web.enable-lifecycle")
         .arg("--log.level=error")
@@ -178,6 +196,7 @@ async fn vmagent_and_prometheus_3_are_reloaded_as_two_url_consumers_and_scrape_w
     );
     let rig = Rig::start_with(sim, work, &conf, None, |text| text.push_str(&consumers));
     rig.first_tokens(&CLUSTERS).await;
+    let first_tokens: Vec<String> = CLUSTERS.iter().map(|c| rig.token(c)).collect();
     let scrape = scrape_yml(&rig);
     let vmagent = start_vmagent(&vm_dir, &scrape, vm_port);
     let prometheus = start_prometheus3(&prom_dir, &scrape, prom_port);
@@ -191,8 +210,7 @@ async fn vmagent_and_prometheus_3_are_reloaded_as_two_url_consumers_and_scrape_w
         async move { get(&url).await.and_then(|m| sample(&m, series)) }
     };
     const VM_RELOADS: &str = "vmagent_http_requests_total{path=\"/-/reload\"}";
-    const PROM_RELOADS: &str =
-        "prometheus_http_requests_total{code=\"200\",handler=\"/-/reload\"}";
+    const PROM_RELOADS: &str = "prometheus_http_requests_total{code=\"200\",handler=\"/-/reload\"}";
     eventually(
         Duration::from_secs(90),
         "two reloads of each agent",
@@ -203,13 +221,23 @@ async fn vmagent_and_prometheus_3_are_reloaded_as_two_url_consumers_and_scrape_w
         },
     )
     .await;
-    // The tokens rotated since the agents started, and both still scrape
-    // every cluster successfully with the new ones.
-    let before = rig.daemon.count("token refreshed");
-    eventually(Duration::from_secs(60), "more rotations", || async {
-        (rig.daemon.count("token refreshed") >= before + CLUSTERS.len()).then_some(())
-    })
+    // Every token the agents started with has expired (leeway 0: the
+    // simulator refuses it now), and both still scrape every cluster
+    // successfully: with the tokens mcprom wrote since.
+    let first_expiry = first_tokens
+        .iter()
+        .map(|t| claims(t)["exp"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    eventually(
+        Duration::from_secs(60),
+        "the first tokens expired",
+        || async { (now_unix() > first_expiry + 1).then_some(()) },
+    )
     .await;
+    for (name, first) in CLUSTERS.iter().zip(&first_tokens) {
+        assert_ne!(&rig.token(name), first, "{name} rotated");
+    }
     let after = jiff::Timestamp::now().to_string();
     all_up_after(&vmagent, "vmagent scrapes after rotations", &after).await;
     all_up_after(&prometheus, "Prometheus 3 scrapes after rotations", &after).await;

@@ -77,16 +77,15 @@ async fn with_one_consumer_down_the_other_reloads_and_rotations_go_on() {
     });
     // Three rounds of rotations (every ~6 s per cluster) with reloads of
     // "good" after them, while "down" keeps failing.
-    eventually(
-        Duration::from_secs(90),
-        "rotations and reloads",
-        || async {
-            (rig.daemon.count("token refreshed") >= 9 && good.count() >= 3).then_some(())
-        },
-    )
+    eventually(Duration::from_secs(90), "rotations and reloads", || async {
+        (rig.daemon.count("token refreshed") >= 9 && good.count() >= 3).then_some(())
+    })
     .await;
     let log = rig.daemon.log();
-    let failures: Vec<&str> = log.lines().filter(|l| l.contains("reload failed")).collect();
+    let failures: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("reload failed"))
+        .collect();
     assert!(!failures.is_empty(), "{log}");
     for line in &failures {
         assert!(
@@ -149,11 +148,16 @@ async fn with_one_consumer_down_the_other_reloads_and_rotations_go_on() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(
-        text.contains(&format!("consumer \"good\" (url {})\n  ✔ reachable\n  ✔ ready", good.url)),
+        text.contains(&format!(
+            "consumer \"good\" (url {})\n  ✔ reachable\n  ✔ ready",
+            good.url
+        )),
         "{text}"
     );
     assert!(
-        text.contains(&format!("consumer \"down\" (url {down})\n  ✘ reachable: not reachable")),
+        text.contains(&format!(
+            "consumer \"down\" (url {down})\n  ✘ reachable: not reachable"
+        )),
         "{text}"
     );
 }
@@ -190,7 +194,9 @@ async fn command_consumers_that_time_out_or_fail_are_logged_and_the_others_run()
     .await;
     let log = rig.daemon.log();
     assert!(
-        log.contains("command /bin/sh did not finish within 2s (its timeout); killed its process group"),
+        log.contains(
+            "command /bin/sh did not finish within 2s (its timeout); killed its process group"
+        ),
         "{log}"
     );
     assert!(
@@ -271,7 +277,11 @@ async fn each_consumer_coalesces_a_batch_of_rotations_into_one_reload() {
     })
     .await
     .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     eventually(Duration::from_secs(60), "a second reload each", || async {
         (a.count() >= 2 && b.count() >= 2 && lines(&runs) >= 2).then_some(())
     })
@@ -300,7 +310,10 @@ async fn a_consumer_limited_to_clusters_hears_only_of_their_rotations() {
         (lines(&only_c2) == 1 && lines(&every) == 1).then_some(())
     })
     .await;
-    assert_eq!(consumer_status(&rig, "only-c2")["clusters"], serde_json::json!(["c2"]));
+    assert_eq!(
+        consumer_status(&rig, "only-c2")["clusters"],
+        serde_json::json!(["c2"])
+    );
     // c1 rotates: "every" runs again; "only-c2" (same delay) does not.
     assert!(rig.rotate("c1").await.status.success());
     eventually(Duration::from_secs(30), "every's second run", || async {
@@ -374,17 +387,26 @@ timeout = "soon"
         ),
         format!("{p}:18:11: consumer \"vm\": keys \"url\" and \"command\": both are set"),
         format!("{p}:20:1: consumer \"nothing\": missing key \"url\" or \"command\""),
-        format!("{p}:24:8: consumer \"vm\": key \"name\": duplicate consumer name \"vm\", first used on line 16"),
+        format!(
+            "{p}:24:8: consumer \"vm\": key \"name\": duplicate consumer name \"vm\", first used on line 16"
+        ),
         format!("{p}:25:11: consumer \"vm\": key \"command\": the list is empty"),
         format!(
             "{p}:30:21: consumer \"limited\": key \"clusters\": no [[cluster]] is named \"prdo\" (did you mean \"prod\"?)"
         ),
-        format!("{p}:31:12: consumer \"limited\": key \"username\": it only applies to a url consumer"),
+        format!(
+            "{p}:31:12: consumer \"limited\": key \"username\": it only applies to a url consumer"
+        ),
         format!("{p}:36:1: consumer \"typo\": unknown key \"delya\" (did you mean \"delay\"?)"),
-        format!("{p}:40:12: consumer \"relative\": key \"command\": \"bin/reload\" is a relative path"),
+        format!(
+            "{p}:40:12: consumer \"relative\": key \"command\": \"bin/reload\" is a relative path"
+        ),
         format!("{p}:41:11: consumer \"relative\": key \"timeout\""),
     ] {
-        assert!(stderr.contains(&expected), "missing {expected:?} in:\n{stderr}");
+        assert!(
+            stderr.contains(&expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
     }
 }
 

@@ -291,8 +291,12 @@ impl Supervisor {
 
     /// Start, stop and restart `[[consumer]]`s as the settings say.
     fn sync_consumers(&mut self, settings: &Settings) {
-        self.consumers
-            .sync(&settings.consumers, &self.state, &self.tracker, &self.cancel);
+        self.consumers.sync(
+            &settings.consumers,
+            &self.state,
+            &self.tracker,
+            &self.cancel,
+        );
     }
 
     /// Start added clusters, stop removed ones, restart changed ones. An

@@ -224,11 +224,8 @@ mod tests {
 
     #[test]
     fn the_reference_consumers_are_valid_and_show_the_defaults() {
-        let settings = super::super::parse(
-            &reference_with_examples(),
-            Path::new("/etc/mcprom.toml"),
-        )
-        .unwrap();
+        let settings =
+            super::super::parse(&reference_with_examples(), Path::new("/etc/mcprom.toml")).unwrap();
         let [vmagent, vector] = settings.consumers.as_slice() else {
             panic!("two example consumers: {:?}", settings.consumers);
         };

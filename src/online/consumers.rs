@@ -85,7 +85,9 @@ pub async fn check_consumer(consumer: ConsumerSettings) -> Section {
                 Ok((code, _)) => {
                     s.pass("reachable");
                     s.warn(
-                        format!("GET /-/ready answered {code}: it may not be Prometheus-compatible"),
+                        format!(
+                            "GET /-/ready answered {code}: it may not be Prometheus-compatible"
+                        ),
                         format!(
                             "the url of [[consumer]] {name:?} must be the base of an endpoint that \
                              takes POST /-/reload (Prometheus, vmagent, Grafana Alloy)"

@@ -222,7 +222,11 @@ impl Validator<'_> {
         }
     }
 
-    fn command_value(&mut self, command: &Spanned<Vec<Spanned<String>>>, cx: &str) -> Option<Vec<String>> {
+    fn command_value(
+        &mut self,
+        command: &Spanned<Vec<Spanned<String>>>,
+        cx: &str,
+    ) -> Option<Vec<String>> {
         let argv = command.get_ref();
         let Some(program) = argv.first() else {
             self.error(
