@@ -86,6 +86,9 @@ pub struct ClusterReport {
 pub struct StatusReport {
     /// Every configured cluster.
     pub clusters: Vec<ClusterReport>,
+    /// Every `[[consumer]]` (`[prometheus]` is not among them).
+    #[serde(default)]
+    pub consumers: Vec<crate::consumers::ConsumerReport>,
 }
 
 /// Outcome of one cluster's rotation.
@@ -352,6 +355,7 @@ mod tests {
                 prometheus_targets_rejected: None,
                 kubeconfig_file: None,
             }],
+            consumers: vec![],
         };
         let json = serde_json::to_value(&report).unwrap();
         for key in [
