@@ -26,6 +26,8 @@ pub struct Settings {
     /// `[[cluster]]` entries, with `[defaults]` applied: the main file's in
     /// file order, then each drop-in's (see [`Settings::dropins`]).
     pub clusters: Vec<std::sync::Arc<ClusterSettings>>,
+    /// `[[consumer]]` entries, in file order: reloaded besides `[prometheus]`.
+    pub consumers: Vec<super::ConsumerSettings>,
     /// The drop-in directory (`include_dir`, absolute); `None` when drop-ins
     /// are turned off (`include_dir = ""`).
     pub include_dir: Option<PathBuf>,

@@ -18,6 +18,8 @@ use super::file::{ClusterFile, CredentialsFile, DefaultsFile, FileConfig, ModeVa
 use super::report::{Report, did_you_mean};
 use super::settings::*;
 
+mod consumers;
+
 const DEFAULT_PROMETHEUS_URL: &str = "http://127.0.0.1:9090";
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_DELAY: Duration = Duration::from_secs(2);
@@ -228,7 +230,8 @@ impl Validator<'_> {
             ("control", file.control.as_ref().map(|t| t.span())),
             ("limits", file.limits.as_ref().map(|t| t.span())),
         ];
-        for (table, span) in tables {
+        let consumers = file.consumer.iter().map(|c| ("[consumer]", Some(c.span())));
+        for (table, span) in tables.into_iter().chain(consumers) {
             if let Some(span) = span {
                 self.error(
                     span.start,
@@ -311,6 +314,12 @@ impl Validator<'_> {
                 }
             },
         };
+        let cluster_names: Vec<String> = file
+            .cluster
+            .iter()
+            .filter_map(|c| c.get_ref().name.as_ref().map(|n| n.get_ref().clone()))
+            .collect();
+        let consumers = self.consumers(file.consumer, &cluster_names);
         let (clusters, origins) = self.clusters(file.cluster, &defaults);
         let settings = Settings {
             path: self.path.clone(),
@@ -322,6 +331,7 @@ impl Validator<'_> {
                 exec_timeout,
             },
             clusters: clusters.into_iter().map(Arc::new).collect(),
+            consumers,
             include_dir,
             dropins: Vec::new(),
         };
