@@ -103,7 +103,7 @@ fi
 [ "$(dpkg-deb --field "$ddeb" Version)" = "$(dpkg-deb --field "$deb" Version)" ] ||
     fail "dbgsym version $(dpkg-deb --field "$ddeb" Version) is not the package's"
 conffiles=$(dpkg-deb --ctrl-tarfile "$deb" | tar -xO ./conffiles | sort)
-[ "$conffiles" = "$(printf '/etc/default/mcprom\n/etc/mcprom.toml')" ] ||
+[ "$conffiles" = "$(printf '/etc/default/mcprom\n/etc/mcprom.d/README\n/etc/mcprom.toml')" ] ||
     fail "conffiles: $conffiles"
 
 section "install"
@@ -121,6 +121,9 @@ check_stat() {
 check_stat /usr/bin/mcprom "755 root:root"
 check_stat /etc/mcprom.toml "644 root:root"
 check_stat /etc/default/mcprom "644 root:root"
+# The drop-in directory: shipped, holding no drop-in (only its README).
+check_stat /etc/mcprom.d "755 root:root"
+[ -z "$(find /etc/mcprom.d -name '*.toml')" ] || fail "/etc/mcprom.d ships a drop-in"
 check_stat /usr/lib/systemd/system/mcprom.service "644 root:root"
 check_stat /usr/lib/sysusers.d/mcprom.conf "644 root:root"
 check_stat /usr/lib/tmpfiles.d/mcprom.conf "644 root:root"
@@ -170,6 +173,16 @@ section "mcprom check on the installed config"
 # As the service user, the way the daemon would read it.
 setpriv --reuid=mcprom --regid=mcprom --init-groups \
     /usr/bin/mcprom check --config /etc/mcprom.toml
+# A drop-in in the shipped directory is read, as the service user too.
+printf 'abc.def.ghi\n' >/etc/mcprom.d/check.token
+printf '[[cluster]]\nname = "dropin-check"\napi_server = "https://127.0.0.1:6443"\nservice_account = "kube-system/prometheus"\n[cluster.credentials]\ntoken_file = "check.token"\n' \
+    >/etc/mcprom.d/check.toml
+out=$(setpriv --reuid=mcprom --regid=mcprom --init-groups \
+    /usr/bin/mcprom check --config /etc/mcprom.toml) || fail "mcprom check with a drop-in: $out"
+[ "$out" = "/etc/mcprom.toml + 1 file in /etc/mcprom.d: OK (1 cluster)" ] ||
+    fail "mcprom check with a drop-in printed: $out"
+echo "ok: $out"
+rm /etc/mcprom.d/check.toml /etc/mcprom.d/check.token
 /usr/bin/mcprom --version
 
 section "purge"
@@ -178,7 +191,7 @@ dpkg --purge mcprom-dbgsym mcprom
     fail "still installed: $(dpkg-query -W -f='${Status}' mcprom-dbgsym)"
 ! dpkg-query -W -f='${Status}\n' mcprom 2>/dev/null | grep -q installed ||
     fail "still installed: $(dpkg-query -W -f='${Status}' mcprom)"
-for path in /usr/bin/mcprom /etc/mcprom.toml /etc/default/mcprom \
+for path in /usr/bin/mcprom /etc/mcprom.toml /etc/mcprom.d /etc/default/mcprom \
     /usr/lib/systemd/system/mcprom.service /usr/lib/sysusers.d/mcprom.conf \
     /usr/lib/tmpfiles.d/mcprom.conf /usr/share/doc/mcprom /var/lib/mcprom \
     /etc/systemd/system/multi-user.target.wants/mcprom.service /usr/lib/debug/.build-id/"${build_id:0:2}"/"${build_id:2}".debug; do

@@ -13,7 +13,10 @@
 //! machine's cores), reloads for the N simultaneous first rotations, idle
 //! CPU and wake-ups with 1 h tokens, steady-state rotations/s and CPU per
 //! rotation with 10 s tokens, peak RSS (VmHWM, the higher of the two
-//! daemons), and config edit → new cluster's token on disk. The baseline
+//! daemons), and config edit → new cluster's token on disk. The N clusters
+//! live in drop-in files, one per cluster (`mcprom.d/NAME.toml`, as a fleet
+//! tool writes them); the edits alternate between adding a drop-in file and
+//! adding a cluster to the main file, and each kind has its median. The baseline
 //! runs `kubectl create token … > F.tmp && mv F.tmp F && curl -X POST
 //! …/-/reload` for a sample of rotations and reports CPU (its whole process
 //! tree, from getrusage), wall time and peak RSS per rotation.
@@ -218,32 +221,45 @@ fn tokens_issued(control: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn config(
+/// The main file: every table but the clusters, plus the clusters named
+/// in `extra` (those the benchmark's main-file edits add).
+fn main_config(
     dir: &Path,
     tokens: &Path,
     sim: &SimRun,
-    n: usize,
     expiration: &str,
     reload_url: &str,
+    extra: &[usize],
 ) -> String {
     let mut text = format!(
         "[prometheus]\nurl = \"{reload_url}\"\nreload = \"on_rotation\"\ndelay = \"2s\"\n[defaults]\ntoken_dir = \"{}\"\nexpiration = \"{expiration}\"\nrefresh_at = 0.5\n[metrics]\nlisten = \"\"\n[control]\nsocket = \"{}\"\n",
         tokens.display(),
         dir.join("control.sock").display()
     );
-    for c in sim.ready["clusters"]
-        .as_array()
-        .expect("clusters")
-        .iter()
-        .take(n)
-    {
-        text.push_str(&format!(
-            "[[cluster]]\nname = \"{}\"\nservice_account = \"kube-system/prometheus-test\"\n[cluster.credentials]\nkubeconfig = \"{}\"\n",
-            c["name"].as_str().expect("name"),
-            c["kubeconfig"].as_str().expect("kubeconfig")
-        ));
+    for &i in extra {
+        text.push_str(&cluster_table(sim, i));
     }
     text
+}
+
+/// The `[[cluster]]` table of the simulator's cluster number `i` (0-based).
+fn cluster_table(sim: &SimRun, i: usize) -> String {
+    let c = &sim.ready["clusters"][i];
+    format!(
+        "[[cluster]]\nname = \"{}\"\nservice_account = \"kube-system/prometheus-test\"\n[cluster.credentials]\nkubeconfig = \"{}\"\n",
+        c["name"].as_str().expect("name"),
+        c["kubeconfig"].as_str().expect("kubeconfig")
+    )
+}
+
+/// The drop-in file of the simulator's cluster number `i`: one file per
+/// cluster, as a fleet tool (Ansible, Puppet, Salt, a script) lays them out
+/// from its inventory, named after the cluster.
+fn fragment_path(dropins: &Path, sim: &SimRun, i: usize) -> PathBuf {
+    dropins.join(format!(
+        "{}.toml",
+        sim.ready["clusters"][i]["name"].as_str().expect("name")
+    ))
 }
 
 fn save(path: &Path, text: &str) {
@@ -311,9 +327,15 @@ struct Row {
     steady_rotations_per_s: f64,
     cpu_per_rotation_ms: f64,
     peak_rss_mib: f64,
-    edit_median_ms: f64,
+    edit_dropin_ms: f64,
+    edit_main_ms: f64,
     cold_cpu_mcprom: f64,
     cold_cpu_sim: f64,
+}
+
+fn median(samples: &mut [f64]) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples.get(samples.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// Files of every run stay until the whole benchmark ends: on ext4,
@@ -332,8 +354,19 @@ fn measure(n: usize, args: &Args, dir: &Path) -> Row {
         ..Row::default()
     };
 
+    // The clusters live in drop-in files, one per cluster; the main file
+    // holds the rest.
+    let dropins = dir.join("mcprom.d");
+    std::fs::create_dir_all(&dropins).expect("drop-in dir");
+    for i in 0..n {
+        save(&fragment_path(&dropins, &sim, i), &cluster_table(&sim, i));
+    }
+
     // Cold start with 1 h tokens, then idle.
-    save(&path, &config(dir, &tokens, &sim, n, "1h", &reload_url));
+    save(
+        &path,
+        &main_config(dir, &tokens, &sim, "1h", &reload_url, &[]),
+    );
     let sim_cpu0 = cpu_seconds(sim_pid);
     let started = Instant::now();
     let daemon = start_mcprom(&path);
@@ -353,25 +386,48 @@ fn measure(n: usize, args: &Args, dir: &Path) -> Row {
     row.idle_cpu_pct = (cpu1 - cpu0) / args.idle as f64 * 100.0;
     row.idle_wakeups_per_s = wake1.saturating_sub(wake0) as f64 / args.idle as f64;
 
-    // Config edit → new cluster's token on disk.
-    let mut samples = Vec::new();
+    // Config edit → new cluster's token on disk: odd edits add a drop-in
+    // file (written aside, renamed in), even ones add the cluster to the
+    // main file (rewritten the same way).
+    let (mut by_dropin, mut by_main) = (Vec::new(), Vec::new());
+    let mut in_main = Vec::new();
+    let mut added_dropins = Vec::new();
     for k in 1..=args.edits {
-        let name = format!("c{}", n + k);
-        save(&path, &config(dir, &tokens, &sim, n + k, "1h", &reload_url));
-        let edit = Instant::now();
+        let i = n + k - 1;
+        let edit = if k % 2 == 1 {
+            let fragment = fragment_path(&dropins, &sim, i);
+            save(&fragment, &cluster_table(&sim, i));
+            added_dropins.push(fragment);
+            &mut by_dropin
+        } else {
+            in_main.push(i);
+            save(
+                &path,
+                &main_config(dir, &tokens, &sim, "1h", &reload_url, &in_main),
+            );
+            &mut by_main
+        };
+        let started = Instant::now();
+        let name = sim.ready["clusters"][i]["name"].as_str().expect("name");
         let file = tokens.join(format!("{name}.token"));
         wait_until("edit to token", Duration::from_secs(60), || file.exists());
-        samples.push(edit.elapsed().as_secs_f64() * 1000.0);
+        edit.push(started.elapsed().as_secs_f64() * 1000.0);
         std::thread::sleep(Duration::from_millis(600));
     }
-    samples.sort_by(f64::total_cmp);
-    row.edit_median_ms = samples.get(samples.len() / 2).copied().unwrap_or(0.0);
+    row.edit_dropin_ms = median(&mut by_dropin);
+    row.edit_main_ms = median(&mut by_main);
     let first_peak = status_field(daemon.0.id(), "VmHWM:") as f64 / 1024.0;
     drop(daemon);
 
     // Steady state: 10 s tokens refreshed at half-life, fresh start.
     let tokens = dir.join("tokens-10s");
-    save(&path, &config(dir, &tokens, &sim, n, "10s", &reload_url));
+    for fragment in added_dropins {
+        std::fs::remove_file(fragment).expect("remove an added drop-in");
+    }
+    save(
+        &path,
+        &main_config(dir, &tokens, &sim, "10s", &reload_url, &[]),
+    );
     let daemon = start_mcprom(&path);
     wait_for_tokens("steady cold start", &tokens, n);
     std::thread::sleep(Duration::from_secs(6));
@@ -490,7 +546,7 @@ fn main() {
         args.baseline, base.cpu_ms, base.wall_ms, base.peak_rss_mib, base.reloads_per_rotation
     );
     println!(
-        "| N | cold start (s) | cold start CPU, mcprom + sim (s) | reloads, first batch | idle CPU (% core) | idle wake-ups/s | rotations/s | CPU/rotation (ms) | baseline ÷ mcprom CPU | peak RSS (MiB) | edit → token median (ms) |"
+        "| N | cold start (s) | cold start CPU, mcprom + sim (s) | reloads, first batch | idle CPU (% core) | idle wake-ups/s | rotations/s | CPU/rotation (ms) | baseline ÷ mcprom CPU | peak RSS (MiB) | edit → token median, drop-in / main file (ms) |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     let mut thousand = None;
@@ -500,7 +556,7 @@ fn main() {
         let row = measure(n, &args, &dir);
         dirs.push(dir);
         println!(
-            "| {} | {:.2} | {:.1} + {:.1} | {} | {:.3} | {:.2} | {:.1} | {:.3} | {:.0}× | {:.1} | {:.0} |",
+            "| {} | {:.2} | {:.1} + {:.1} | {} | {:.3} | {:.2} | {:.1} | {:.3} | {:.0}× | {:.1} | {:.0} / {:.0} |",
             row.n,
             row.cold_start,
             row.cold_cpu_mcprom,
@@ -512,7 +568,8 @@ fn main() {
             row.cpu_per_rotation_ms,
             base.cpu_ms / row.cpu_per_rotation_ms.max(1e-9),
             row.peak_rss_mib,
-            row.edit_median_ms
+            row.edit_dropin_ms,
+            row.edit_main_ms
         );
         if n == 1000 {
             thousand = Some(row);

@@ -5,8 +5,10 @@
 //!
 //! The daemon, in the order a token flows:
 //!
-//! - [`config`]: the file, its validation, [`config::Settings`]; what the
-//!   host lacks ([`config::host_problems`]); the file's watch.
+//! - [`config`]: the file and its drop-ins (`mcprom.d/*.toml`), their
+//!   validation, [`config::Settings`]; what the host lacks
+//!   ([`config::host_problems`]); the [`config::Loader`] that re-reads only
+//!   the files that changed, and the files' watch.
 //! - [`app`]: wiring, the supervisor (one rotator task per cluster),
 //!   signals, shutdown; the only module naming the real issuer, sink and
 //!   reloader ([`app::ClusterIssuer`]).

@@ -10,7 +10,9 @@
 //! - `error.rs` holds [`ConfigError`], `report.rs` collects problems with
 //!   their positions, `duration.rs` parses and prints durations,
 //!   `settings.rs` the validated types, [`input`] reads the files settings
-//!   name, [`watch`] follows the file's directory.
+//!   name, [`watch`] follows the file's directory, [`dropin`] reads the
+//!   drop-in directory and holds the [`Loader`] that re-reads only what
+//!   changed.
 //!
 //! Two kinds of problems, two behaviours (see DESIGN.md): a [`ConfigError`]
 //! means the file is wrong and mcprom refuses it; a [`HostProblem`] means the
@@ -18,6 +20,7 @@
 
 mod consumers;
 mod decode;
+pub mod dropin;
 mod duration;
 mod error;
 pub mod file;
@@ -32,6 +35,7 @@ pub use consumers::{
     COMMAND_PATH, ConsumerAction, ConsumerSettings, DEFAULT_CONSUMER_DELAY,
     DEFAULT_CONSUMER_TIMEOUT, PROMETHEUS_CONSUMER, WebEndpoint, resolve_program,
 };
+pub use dropin::{Loader, Reread};
 pub use duration::{format_duration, parse_duration};
 pub use error::ConfigError;
 pub use host::{HostProblem, host_problems, warnings};
@@ -48,14 +52,12 @@ use std::path::Path;
 /// Default config path (`MCPROM_CONFIG` or `--config` override it).
 pub const DEFAULT_PATH: &str = "/etc/mcprom.toml";
 
-/// Reads and validates the file at `path`.
+/// Reads and validates the file at `path` and its drop-ins (see [`dropin`]).
 ///
 /// A missing or unreadable file is a [`ConfigError`] too; its message names
 /// the path and the OS error.
 pub fn load(path: &Path) -> Result<Settings, ConfigError> {
-    let absolute = validate::absolute(path);
-    let text = read_config(&absolute)?;
-    parse(&text, &absolute)
+    Loader::new(path).load()
 }
 
 /// The directory of `file` with symlinks resolved, when it exists (else as
@@ -74,6 +76,11 @@ pub fn resolved_dir(file: &Path) -> std::path::PathBuf {
 pub fn read_config(absolute: &Path) -> Result<String, ConfigError> {
     let bytes = input::read_bounded(absolute, input::MAX_CONFIG_BYTES)
         .map_err(|e| ConfigError::unreadable(absolute, &e.into()))?;
+    config_text(absolute, bytes)
+}
+
+/// The bytes of the config file (or drop-in) at `absolute` as text.
+pub(crate) fn config_text(absolute: &Path, bytes: Vec<u8>) -> Result<String, ConfigError> {
     String::from_utf8(bytes).map_err(|e| {
         let error = std::io::Error::new(
             std::io::ErrorKind::InvalidData,

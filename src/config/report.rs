@@ -36,16 +36,7 @@ impl<'a> Report<'a> {
     /// cluster (`[prometheus]`, `cluster "prod"`), empty at the top level.
     pub(crate) fn add(&mut self, offset: usize, context: &str, message: impl AsRef<str>) {
         let (line, column) = self.position(offset);
-        let context = if context.is_empty() {
-            String::new()
-        } else {
-            format!("{context}: ")
-        };
-        let text = format!(
-            "{}:{line}:{column}: {context}{}",
-            self.path.display(),
-            message.as_ref()
-        );
+        let text = problem_at(self.path, (line, column), context, message.as_ref());
         self.problems.push((offset, text));
     }
 
@@ -101,6 +92,22 @@ impl<'a> Report<'a> {
             problems: problems.into_iter().map(|(_, text)| text).collect(),
         })
     }
+}
+
+/// One problem's line: `/etc/mcprom.toml:14:1: cluster "prod": message`.
+/// `context` is the section or cluster, empty at the top level.
+pub(crate) fn problem_at(
+    path: &Path,
+    (line, column): (impl std::fmt::Display, impl std::fmt::Display),
+    context: &str,
+    message: &str,
+) -> String {
+    let context = if context.is_empty() {
+        String::new()
+    } else {
+        format!("{context}: ")
+    };
+    format!("{}:{line}:{column}: {context}{message}", path.display())
 }
 
 /// The closest candidate to a misspelled `word`, if one is close enough to
