@@ -51,9 +51,94 @@ use super::Failure;
 /// How many TLS configs a cluster keeps: the credential's and the review's.
 const KEEP: usize = 2;
 
-/// Sessions kept per config: one server per config, and rustls keeps a few
-/// tickets per server; 1 keeps the store small at 10,000 clusters.
-const SESSION_SERVERS: usize = 1;
+/// The session store of one config: the newest session with the one server
+/// it talks to. (rustls' `ClientSessionMemoryCache` reserves room for 8
+/// tickets per server: a few KB per cluster at 10,000 clusters.) Go's
+/// server sends one ticket per connection, and each connection uses one.
+#[derive(Default)]
+struct LastSession(Mutex<Slot>);
+
+type Name = rustls_pki_types::ServerName<'static>;
+
+#[derive(Default)]
+struct Slot {
+    kx_hint: Option<(Name, rustls::NamedGroup)>,
+    tls12: Option<(Name, rustls::client::Tls12ClientSessionValue)>,
+    tls13: Option<(Name, rustls::client::Tls13ClientSessionValue)>,
+}
+
+impl std::fmt::Debug for LastSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LastSession").finish_non_exhaustive()
+    }
+}
+
+impl LastSession {
+    fn slot(&self) -> std::sync::MutexGuard<'_, Slot> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+fn take_for<T>(slot: &mut Option<(Name, T)>, name: &rustls_pki_types::ServerName<'_>) -> Option<T> {
+    match slot.take() {
+        Some((n, value)) if &n == name => Some(value),
+        other => {
+            *slot = other;
+            None
+        }
+    }
+}
+
+impl rustls::client::ClientSessionStore for LastSession {
+    fn set_kx_hint(&self, server_name: Name, group: rustls::NamedGroup) {
+        self.slot().kx_hint = Some((server_name, group));
+    }
+
+    fn kx_hint(
+        &self,
+        server_name: &rustls_pki_types::ServerName<'_>,
+    ) -> Option<rustls::NamedGroup> {
+        match &self.slot().kx_hint {
+            Some((n, group)) if n == server_name => Some(*group),
+            _ => None,
+        }
+    }
+
+    fn set_tls12_session(&self, server_name: Name, value: rustls::client::Tls12ClientSessionValue) {
+        self.slot().tls12 = Some((server_name, value));
+    }
+
+    fn tls12_session(
+        &self,
+        server_name: &rustls_pki_types::ServerName<'_>,
+    ) -> Option<rustls::client::Tls12ClientSessionValue> {
+        match &self.slot().tls12 {
+            Some((n, value)) if n == server_name => Some(value.clone()),
+            _ => None,
+        }
+    }
+
+    fn remove_tls12_session(&self, server_name: &Name) {
+        take_for(&mut self.slot().tls12, server_name);
+    }
+
+    fn insert_tls13_ticket(
+        &self,
+        server_name: Name,
+        value: rustls::client::Tls13ClientSessionValue,
+    ) {
+        self.slot().tls13 = Some((server_name, value));
+    }
+
+    fn take_tls13_ticket(
+        &self,
+        server_name: &Name,
+    ) -> Option<rustls::client::Tls13ClientSessionValue> {
+        take_for(&mut self.slot().tls13, server_name)
+    }
+}
 
 static FULL: AtomicU64 = AtomicU64::new(0);
 static RESUMED: AtomicU64 = AtomicU64::new(0);
@@ -118,9 +203,7 @@ impl ClusterTls {
         let mut built = config
             .rustls_client_config()
             .map_err(|e| Failure::Config(crate::text::chain(&e)))?;
-        built.resumption = rustls::client::Resumption::store(Arc::new(
-            rustls::client::ClientSessionMemoryCache::new(SESSION_SERVERS),
-        ));
+        built.resumption = rustls::client::Resumption::store(Arc::new(LastSession::default()));
         let built = Arc::new(built);
         let mut entries = self.lock();
         entries.retain(|e| e.fingerprint != fingerprint);
