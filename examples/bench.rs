@@ -193,6 +193,13 @@ fn start_sim(dir: &Path, clusters: usize) -> SimRun {
             "--min-expiration",
             "1s",
         ])
+        // Extra simulator flags, e.g. `--no-session-tickets` to measure
+        // rotations without TLS session resumption.
+        .args(
+            std::env::var("BENCH_SIM_ARGS")
+                .unwrap_or_default()
+                .split_whitespace(),
+        )
         .stdout(Stdio::piped())
         .spawn()
         .expect("start mcprom-sim (cargo build --release --bins)");

@@ -16,9 +16,14 @@
 //!   [`status_reason`]), the same for the daemon and the checklist;
 //! - reading the server's `Status` message ([`status_message`]).
 //!
-//! A client is built afresh for each use and dropped after it: credential
-//! files are re-read every time, so replacing them on disk needs no restart,
-//! and idle clusters pin no connections or TLS state.
+//! The configuration is built afresh for each use: credential files are
+//! re-read every time, so replacing them on disk needs no restart. The
+//! daemon's issuer keeps, per cluster, only the TLS client configuration
+//! built from them ([`tls::ClusterTls`]), rebuilt when the CA, the client
+//! certificate or the server change, so that rotations resume the
+//! cluster's TLS session; connections live for one exchange (a TokenRequest
+//! and its review), so idle clusters pin no connections. One-shot commands
+//! build a kube client afresh ([`client`]).
 
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -30,6 +35,8 @@ use rustls_pki_types::{CertificateDer, pem::PemObject};
 use serde::Deserialize;
 
 use crate::config::{ClusterSettings, Credentials, input};
+
+pub mod tls;
 
 /// Why a request to an API server got no HTTP answer, or could not be
 /// made. Each kind maps to one reason of the metrics ([`Failure::reason`]).

@@ -1,7 +1,9 @@
 //! Issuers mint tokens. The real one calls the cluster's TokenRequest API
-//! through [`crate::apiserver`], which builds a fresh client from the
-//! cluster's credentials for each request (so credential files are re-read
-//! on every rotation) and classifies its failures.
+//! through [`crate::apiserver`], which reads the cluster's credentials for
+//! each request (so credential files are re-read on every rotation) and
+//! classifies its failures; the TLS configuration built from them is kept
+//! per cluster ([`apiserver::tls::ClusterTls`]) so that rotations resume
+//! the TLS session.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -175,16 +177,26 @@ impl IssueError {
     }
 }
 
-/// The real issuer: TokenRequest through kube, one fresh client per request.
+/// The real issuer: TokenRequest through kube, with the cluster's TLS
+/// configuration kept from one request to the next.
 #[derive(Debug, Clone)]
 pub struct KubeIssuer {
     cluster: Arc<ClusterSettings>,
     timeout: Duration,
-    /// The configuration of the last TokenRequest, kept from `issue` to
-    /// `verify` (only then: idle clusters pin nothing) so the review does
-    /// not read and parse the credential files again.
-    last_config: Arc<std::sync::Mutex<Option<kube::Config>>>,
+    /// The configuration and connection of the last TokenRequest, kept from
+    /// `issue` to `verify` (only then: idle clusters pin no connection) so
+    /// the review does not read and parse the credential files again, and
+    /// goes over the same connection where it may.
+    last_config: Arc<std::sync::Mutex<Option<LastRequest>>>,
+    /// The cluster's TLS client configurations (sessions resume).
+    tls: Arc<apiserver::tls::ClusterTls>,
     exec_timeout: Duration,
+}
+
+#[derive(Debug)]
+struct LastRequest {
+    config: kube::Config,
+    connection: Option<apiserver::tls::Connection>,
 }
 
 /// How long one TokenRequest may take, connection included.
@@ -197,6 +209,7 @@ impl KubeIssuer {
             cluster,
             timeout,
             last_config: Arc::default(),
+            tls: Arc::default(),
             exec_timeout: crate::exec::DEFAULT_EXEC_TIMEOUT,
         }
     }
@@ -351,7 +364,10 @@ impl Issuer for KubeIssuer {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();
         let review = match cached {
-            Some(config) => self.review_with(config, &issued.token).await,
+            Some(last) => {
+                self.review_with(last.config, last.connection, &issued.token)
+                    .await
+            }
             None => self.review_token(&issued.token).await,
         };
         match review {
@@ -374,15 +390,25 @@ impl KubeIssuer {
     /// over it: the API server tries certificates first).
     pub async fn review_token(&self, token: &Token) -> Result<Review, IssueError> {
         let config = apiserver::config(&self.cluster, self.timeout, self.exec_timeout).await?;
-        self.review_with(config, token).await
+        self.review_with(config, None, token).await
     }
 
-    async fn review_with(&self, config: kube::Config, token: &Token) -> Result<Review, IssueError> {
+    /// The review over `connection` (the TokenRequest's) when it has the
+    /// same TLS settings, i.e. no client certificate; else over a new one.
+    async fn review_with(
+        &self,
+        config: kube::Config,
+        connection: Option<apiserver::tls::Connection>,
+        token: &Token,
+    ) -> Result<Review, IssueError> {
         let only_the_token = kube::config::AuthInfo {
             token: Some(secrecy::SecretString::from(token.expose().to_owned())),
             ..kube::config::AuthInfo::default()
         };
-        let client = apiserver::client(apiserver::with_credential(config, only_the_token))?;
+        let (client, _) = self.tls.client(
+            apiserver::with_credential(config, only_the_token),
+            connection,
+        )?;
         let body = br#"{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}"#;
         let request = apiserver::post_json(
             "/apis/authentication.k8s.io/v1/selfsubjectreviews",
@@ -445,13 +471,8 @@ impl KubeIssuer {
     async fn request(&self, spec: &TokenSpec) -> Result<IssuedToken, IssueError> {
         let config = apiserver::config(&self.cluster, self.timeout, self.exec_timeout).await?;
         let credential_expires_at = apiserver::credential_expiry(&config);
-        if self.cluster.verify.enabled {
-            *self
-                .last_config
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(config.clone());
-        }
-        let client = apiserver::client(config)?;
+        let keep = self.cluster.verify.enabled.then(|| config.clone());
+        let (client, connection) = self.tls.client(config, None)?;
         let sa = &self.cluster.service_account;
         let request = TokenRequest {
             spec: TokenRequestSpec {
@@ -487,6 +508,13 @@ impl KubeIssuer {
         }
         let mut issued = interpret_response(answer.status, &answer.headers, &answer.body, sent)?;
         issued.credential_expires_at = credential_expires_at;
+        if let Some(config) = keep {
+            *self
+                .last_config
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                Some(LastRequest { config, connection });
+        }
         Ok(issued)
     }
 }

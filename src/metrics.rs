@@ -223,6 +223,16 @@ impl Collector for StateCollector {
             Some(&Unit::Seconds),
             reloads.last_success.map(|t| (vec![], seconds(t))),
         )?;
+        let (full, resumed) = crate::apiserver::tls::handshakes();
+        counter_family(
+            e,
+            "mcprom_apiserver_tls_connections",
+            "TLS connections to API servers by handshake: full, or resumed (a TLS session ticket of an earlier connection).",
+            [
+                (vec![("handshake", "full".to_owned())], full),
+                (vec![("handshake", "resumed".to_owned())], resumed),
+            ],
+        )?;
         crate::consumers::encode_metrics(e, &self.0)?;
         let config = self.0.config();
         gauge_family(

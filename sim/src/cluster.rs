@@ -144,6 +144,14 @@ pub struct ClusterStats {
     pub tokens_rejected: TokensRejected,
     /// `"<ns>/<name>"` → `exp` of the last token issued for that ServiceAccount.
     pub last_exp: BTreeMap<String, i64>,
+    /// TLS connections that began with a full handshake, counted for the
+    /// cluster of their first request.
+    #[serde(default)]
+    pub tls_full_handshakes: u64,
+    /// TLS connections that resumed a session (a session ticket the sim
+    /// issued), counted like `tls_full_handshakes`.
+    #[serde(default)]
+    pub tls_resumed_handshakes: u64,
 }
 
 /// Counters of all clusters of a sim (`GET /stats`).
@@ -356,6 +364,15 @@ impl Cluster {
             s.requests.insert(key, 1);
         } else {
             *s.requests.entry("OTHER".to_string()).or_default() += 1;
+        }
+    }
+
+    pub fn record_handshake(&self, resumed: bool) {
+        let mut s = lock(&self.stats);
+        if resumed {
+            s.tls_resumed_handshakes += 1;
+        } else {
+            s.tls_full_handshakes += 1;
         }
     }
 

@@ -24,7 +24,9 @@
 //! - `POST /clusters/<name>/sign` with a JSON object of claims: `{"token":
 //!   "<JWT>"}` signed with the cluster's current key (tokens with chosen
 //!   times for the conformance suite).
-//! - `GET /stats` (all clusters) and `GET /clusters/<name>/stats`: counters.
+//! - `GET /stats` (all clusters) and `GET /clusters/<name>/stats`: counters
+//!   (requests, tokens, and TLS connections by handshake: `tls_full_handshakes`,
+//!   `tls_resumed_handshakes`).
 
 use std::sync::Arc;
 

@@ -24,6 +24,7 @@ mod rbac;
 mod review;
 mod secrets;
 mod server;
+pub mod tickets;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -76,6 +77,9 @@ pub struct SimConfig {
     pub allow_self_renew: bool,
     /// Control endpoint address (default `127.0.0.1:0`); `None` disables it.
     pub control: Option<SocketAddr>,
+    /// Issue TLS session tickets like Go's server (default true;
+    /// [`tickets`]); false: every connection is a full handshake.
+    pub session_tickets: bool,
 }
 
 impl Default for SimConfig {
@@ -92,6 +96,7 @@ impl Default for SimConfig {
             expiry_leeway: Duration::from_secs(60),
             allow_self_renew: false,
             control: Some(lo),
+            session_tickets: true,
         }
     }
 }
@@ -419,8 +424,9 @@ impl Sim {
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let mut ports = HashMap::new();
+        let tickets = config.session_tickets;
         let ready_clusters = if config.shared_port {
-            let pki = blocking(|| Pki::generate("shared")).await?;
+            let pki = blocking(move || Pki::generate_with("shared", tickets)).await?;
             let tcp = TcpListener::bind(config.listen)
                 .await
                 .with_context(|| format!("failed to listen on {}", config.listen))?;
@@ -462,7 +468,7 @@ impl Sim {
             for name in &names {
                 let cluster = clusters[name].clone();
                 let n = name.clone();
-                let pki = blocking(move || Pki::generate(&n)).await?;
+                let pki = blocking(move || Pki::generate_with(&n, tickets)).await?;
                 let tcp = TcpListener::bind(config.listen)
                     .await
                     .with_context(|| format!("failed to listen on {}", config.listen))?;

@@ -83,6 +83,12 @@ struct Args {
     /// ServiceAccounts, /stats); loopback only.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
     control: SocketAddr,
+    /// Issue no TLS session tickets (like a Go server with
+    /// SessionTicketsDisabled): every connection is a full handshake. By
+    /// default the sim issues them as Go's server does: one per connection,
+    /// valid 7 days.
+    #[arg(long)]
+    no_session_tickets: bool,
 }
 
 fn main() -> ExitCode {
@@ -127,6 +133,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         expiry_leeway: args.expiry_leeway,
         allow_self_renew: args.allow_self_renew,
         control: Some(args.control),
+        session_tickets: !args.no_session_tickets,
     })
     .await?;
     let line = serde_json::to_string(sim.ready())?;

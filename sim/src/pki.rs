@@ -56,8 +56,11 @@ fn key() -> anyhow::Result<KeyPair> {
 
 impl Pki {
     /// Generates a CA named `name`, a serving certificate and the admin
-    /// client certificate.
-    pub fn generate(name: &str) -> anyhow::Result<Self> {
+    /// client certificate. With `session_tickets` the listener issues them
+    /// like Go's server ([`crate::tickets`]); without, it is like a Go
+    /// server with `SessionTicketsDisabled` (every connection a full
+    /// handshake).
+    pub fn generate_with(name: &str, session_tickets: bool) -> anyhow::Result<Self> {
         let ca_key = key()?;
         let mut ca_params = params(&format!("mcprom-sim-ca-{name}"), &[])?;
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -114,6 +117,15 @@ impl Pki {
             .context("failed to build the TLS server configuration")?;
         server_config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         server_config.ignore_client_order = true;
+        // Go resumes by ticket only (no server-side session cache) and
+        // sends one TLS 1.3 ticket per connection.
+        server_config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        if session_tickets {
+            server_config.ticketer = Arc::new(crate::tickets::GoTicketer::new());
+            server_config.send_tls13_tickets = 1;
+        } else {
+            server_config.send_tls13_tickets = 0;
+        }
         Ok(Self {
             ca_pem: ca_cert.pem(),
             admin,
@@ -161,7 +173,7 @@ mod tests {
     #[test]
     fn admin_certificate_carries_user_and_group() {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let pki = Pki::generate("t").unwrap();
+        let pki = Pki::generate_with("t", true).unwrap();
         let der = rustls_pki_types::pem::PemObject::from_pem_slice(pki.admin.cert_pem.as_bytes())
             .map(|c: CertificateDer<'static>| c)
             .unwrap();
@@ -174,7 +186,7 @@ mod tests {
     #[test]
     fn the_server_chooses_aes_128_gcm_like_go_whatever_the_client_prefers() {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let pki = Pki::generate("t").unwrap();
+        let pki = Pki::generate_with("t", true).unwrap();
         let mut roots = rustls::RootCertStore::empty();
         for ca in <CertificateDer<'_> as rustls_pki_types::pem::PemObject>::pem_slice_iter(
             pki.ca_pem.as_bytes(),

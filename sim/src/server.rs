@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -97,12 +98,17 @@ impl Listener {
                     uid: None,
                 }
             });
+        let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
         let info = Arc::new(ConnInfo { cert, cancel });
+        // The connection's handshake is counted for the cluster of its
+        // first request (a shared listener learns the cluster from the path).
+        let first = Arc::new(AtomicBool::new(true));
         let this = self.clone();
         let service = service_fn(move |req| {
             let this = this.clone();
             let info = info.clone();
-            async move { this.dispatch(&info, req).await }
+            let handshake = first.swap(false, Ordering::Relaxed).then_some(resumed);
+            async move { this.dispatch(&info, req, handshake).await }
         });
         let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         if let Err(e) = builder.serve_connection(TokioIo::new(tls), service).await {
@@ -114,9 +120,13 @@ impl Listener {
         &self,
         info: &ConnInfo,
         req: http::Request<Incoming>,
+        handshake: Option<bool>,
     ) -> Result<Resp, DropConnection> {
         match &self.routes {
             Routes::Single(cluster) => {
+                if let Some(resumed) = handshake {
+                    cluster.record_handshake(resumed);
+                }
                 let path = req.uri().path().to_string();
                 api::serve(&self.settings, cluster, info, req, &path).await
             }
@@ -140,6 +150,9 @@ impl Listener {
                 };
                 if cluster.is_down() {
                     return Err(DropConnection);
+                }
+                if let Some(resumed) = handshake {
+                    cluster.record_handshake(resumed);
                 }
                 let rest = rest.to_string();
                 api::serve(&self.settings, cluster, info, req, &rest).await
