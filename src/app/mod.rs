@@ -126,16 +126,10 @@ fn prepare(path: &std::path::Path, last: Option<Fingerprint>, trigger: Trigger) 
         warn!(config = %path.display(), "the config file is empty: waiting for the rest of the write (use `mcprom reload` to apply an empty config on purpose)");
         return Prepared::Unchanged;
     }
-    let settings = match String::from_utf8(content) {
-        Ok(text) => config::parse(&text, path)
-            .map(Box::new)
-            .map_err(|e| e.to_string()),
-        Err(e) => Err(format!(
-            "{}: the file is not UTF-8 (invalid byte at offset {})",
-            path.display(),
-            e.utf8_error().valid_up_to()
-        )),
-    };
+    let settings = config::decode_utf8(content, path)
+        .and_then(|text| config::parse(&text, path))
+        .map(Box::new)
+        .map_err(|e| e.to_string());
     Prepared::Parsed {
         fingerprint,
         settings,

@@ -17,19 +17,23 @@
 //! host is not ready for one cluster, which `mcprom run` tolerates.
 
 mod decode;
+mod diagnostic;
 mod duration;
 mod error;
 pub mod file;
 mod host;
 pub mod input;
+mod locate;
 mod report;
 mod settings;
 pub mod validate;
 pub mod watch;
 
 pub use duration::{format_duration, parse_duration};
+pub use diagnostic::{Diagnostic, Severity, render, stderr_wants_color};
 pub use error::ConfigError;
 pub use host::{HostProblem, host_problems, warnings};
+pub use locate::host_diagnostics;
 pub use settings::*;
 
 /// The closest of `candidates` to a misspelled `word`, if one is close
@@ -69,16 +73,13 @@ pub fn resolved_dir(file: &Path) -> std::path::PathBuf {
 pub fn read_config(absolute: &Path) -> Result<String, ConfigError> {
     let bytes = input::read_bounded(absolute, input::MAX_CONFIG_BYTES)
         .map_err(|e| ConfigError::unreadable(absolute, &e.into()))?;
-    String::from_utf8(bytes).map_err(|e| {
-        let error = std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!(
-                "it is not UTF-8 (invalid byte at offset {})",
-                e.utf8_error().valid_up_to()
-            ),
-        );
-        ConfigError::unreadable(absolute, &error)
-    })
+    decode_utf8(bytes, absolute)
+}
+
+/// The text of a config file's `bytes`, or an error naming the line and
+/// the byte in it where UTF-8 decoding failed.
+pub fn decode_utf8(bytes: Vec<u8>, path: &Path) -> Result<String, ConfigError> {
+    String::from_utf8(bytes).map_err(|e| ConfigError::not_utf8(path, e.as_bytes(), e.utf8_error()))
 }
 
 /// Validates `text` as if read from `path`: `path` is made absolute, and
