@@ -391,7 +391,9 @@ mod tests {
 
     #[test]
     fn the_token_at_the_spot_is_marked() {
-        let marked = |line: &str, at: usize| &line[at..token_end(line, at)];
+        fn marked(line: &str, at: usize) -> &str {
+            &line[at..token_end(line, at)]
+        }
         assert_eq!(marked("servce_account = \"x/y\"", 0), "servce_account");
         assert_eq!(marked("a = \"x \\\" y\" # c", 4), "\"x \\\" y\"");
         assert_eq!(marked("a = 'x\\' # c", 4), "'x\\'");
