@@ -8,7 +8,10 @@
 //! - `host.rs` checks settings against this machine ([`host_problems`]) and
 //!   gives advice ([`warnings`]);
 //! - `error.rs` holds [`ConfigError`], `report.rs` collects problems with
-//!   their positions, `duration.rs` parses and prints durations,
+//!   their positions as [`Diagnostic`]s (`diagnostic.rs`: one line for the
+//!   log, drawn with the source line for `mcprom check`, JSON for editors),
+//!   `locate.rs` finds the key behind a host problem or warning again
+//!   ([`host_diagnostics`]), `duration.rs` parses and prints durations,
 //!   `settings.rs` the validated types, [`input`] reads the files settings
 //!   name, [`watch`] follows the file's directory.
 //!
