@@ -292,12 +292,7 @@ fn run(path: &std::path::Path) -> Result<(), u8> {
 /// `mcprom check [--online] [--format json]`: 78 for file or host problems
 /// (the online checks still run, to show everything at once), else 1 if an
 /// online check failed. Warnings change no exit status.
-fn check(
-    path: &std::path::Path,
-    online: bool,
-    mint: bool,
-    format: CheckFormat,
-) -> Result<(), u8> {
+fn check(path: &std::path::Path, online: bool, mint: bool, format: CheckFormat) -> Result<(), u8> {
     let (settings, diagnostics) = match config::load(path) {
         Ok(s) => {
             let diagnostics = config::host_diagnostics(&s);

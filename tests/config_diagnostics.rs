@@ -200,7 +200,11 @@ fn json_gives_the_same_problems_with_their_places() {
     assert_eq!(items[1]["severity"], "error");
     assert_eq!(items[1]["key"], "ca_file");
     assert_eq!(
-        (&items[1]["line"], &items[1]["column"], &items[1]["end_column"]),
+        (
+            &items[1]["line"],
+            &items[1]["column"],
+            &items[1]["end_column"]
+        ),
         (&5.into(), &1.into(), &19.into())
     );
     assert_eq!(

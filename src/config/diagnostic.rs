@@ -119,9 +119,7 @@ pub(crate) struct LineIndex<'a> {
 
 impl<'a> LineIndex<'a> {
     pub(crate) fn new(text: &'a str) -> Self {
-        let starts = std::iter::once(0)
-            .chain(line_breaks(text))
-            .collect();
+        let starts = std::iter::once(0).chain(line_breaks(text)).collect();
         LineIndex { text, starts }
     }
 
@@ -383,7 +381,10 @@ mod tests {
         );
         assert_eq!(
             split_hint("cannot read /x: gone (os error 2) (put it (back) there)"),
-            ("cannot read /x: gone (os error 2)", Some("put it (back) there"))
+            (
+                "cannot read /x: gone (os error 2)",
+                Some("put it (back) there")
+            )
         );
         assert_eq!(split_hint("f(x)"), ("f(x)", None));
         assert_eq!(split_hint("no hint"), ("no hint", None));
@@ -400,7 +401,10 @@ mod tests {
         assert_eq!(marked("[[cluster]] # c", 0), "[[cluster]]");
         assert_eq!(marked("a = [1, [2], \"]\"] # c", 4), "[1, [2], \"]\"]");
         assert_eq!(marked("a = { b = 1 }", 4), "{ b = 1 }");
-        assert_eq!(marked("a = 1979-05-27T07:32:00Z", 4), "1979-05-27T07:32:00Z");
+        assert_eq!(
+            marked("a = 1979-05-27T07:32:00Z", 4),
+            "1979-05-27T07:32:00Z"
+        );
         assert_eq!(marked("a = \"open", 4), "\"open");
         assert_eq!(marked("a = ", 4), "");
         assert_eq!(marked("a = é", 4), "é");

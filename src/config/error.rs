@@ -92,7 +92,10 @@ impl ConfigError {
         let line = valid.matches('\n').count() + 1;
         let byte = bad - line_start + 1;
         let text = String::from_utf8_lossy(&bytes[line_start..line_end]);
-        let source = format!("{}{text}", &valid[..line_start].replace(|c: char| c != '\n', ""));
+        let source = format!(
+            "{}{text}",
+            &valid[..line_start].replace(|c: char| c != '\n', "")
+        );
         let message = format!(
             "the file is not UTF-8: decoding failed at line {line}, byte {byte} (0x{:02x}, \
              offset {bad} in the file) (save the file as UTF-8)",

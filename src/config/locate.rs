@@ -131,9 +131,9 @@ pub fn host_diagnostics(settings: &Settings) -> Vec<Diagnostic> {
     let warnings = warnings.iter().map(|(cluster, key, text)| {
         locator.diagnostic(Some(cluster), key, Severity::Warning, text)
     });
-    let problems = problems.iter().map(|p| {
-        locator.diagnostic(p.cluster.as_deref(), &p.key, Severity::Error, &p.message)
-    });
+    let problems = problems
+        .iter()
+        .map(|p| locator.diagnostic(p.cluster.as_deref(), &p.key, Severity::Error, &p.message));
     warnings.chain(problems).collect()
 }
 

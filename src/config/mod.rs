@@ -32,8 +32,8 @@ mod settings;
 pub mod validate;
 pub mod watch;
 
-pub use duration::{format_duration, parse_duration};
 pub use diagnostic::{Diagnostic, Severity, render, stderr_wants_color};
+pub use duration::{format_duration, parse_duration};
 pub use error::ConfigError;
 pub use host::{HostProblem, host_problems, warnings};
 pub use locate::host_diagnostics;
