@@ -93,6 +93,43 @@ impl Diagnostic {
         }
     }
 
+    /// A diagnostic at `line`:`column` of `file`, whose text is not at hand:
+    /// [`render`] reads the line from the file.
+    pub fn placed(
+        file: &Path,
+        (line, column): (usize, usize),
+        severity: Severity,
+        text: &str,
+    ) -> Self {
+        Diagnostic {
+            line: Some(line),
+            column: Some(column),
+            ..Diagnostic::unplaced(file, severity, text)
+        }
+    }
+
+    /// The excerpt of a diagnostic placed without one, read from its file.
+    fn read_excerpt(&self, files: &mut Vec<(PathBuf, Option<String>)>) -> Option<Excerpt> {
+        let (line, column) = (self.line?, self.column?);
+        let at = match files.iter().position(|(p, _)| *p == self.file) {
+            Some(at) => at,
+            None => {
+                files.push((self.file.clone(), std::fs::read_to_string(&self.file).ok()));
+                files.len() - 1
+            }
+        };
+        let text = files[at].1.as_deref()?;
+        let line_text = text.lines().nth(line - 1)?;
+        let start = line_text
+            .char_indices()
+            .nth(column - 1)
+            .map_or(line_text.len(), |(i, _)| i);
+        Some(Excerpt {
+            text: line_text.to_string(),
+            span: start..token_end(line_text, start),
+        })
+    }
+
     /// A diagnostic at byte `offset` of `source`, the text of `file`;
     /// `text` is the message, with an optional trailing `(hint)`.
     pub fn at(file: &Path, source: &str, offset: usize, severity: Severity, text: &str) -> Self {
@@ -340,12 +377,21 @@ pub fn render(diagnostics: &[Diagnostic], color: bool) -> String {
         Renderer::plain()
     };
     let mut out = String::new();
+    let mut files = Vec::new();
     for d in diagnostics {
+        let read;
+        let excerpt = match &d.excerpt {
+            Some(excerpt) => Some(excerpt),
+            None => {
+                read = d.read_excerpt(&mut files);
+                read.as_ref()
+            }
+        };
         let level = match d.severity {
             Severity::Error => Level::ERROR.no_name(),
             Severity::Warning => Level::WARNING,
         };
-        let (Some(excerpt), Some(line)) = (&d.excerpt, d.line) else {
+        let (Some(excerpt), Some(line)) = (excerpt, d.line) else {
             // No source to show: the one-line form, with its hint.
             if d.severity == Severity::Warning {
                 out.push_str("warning: ");
@@ -408,6 +454,21 @@ mod tests {
         assert_eq!(marked("a = \"open", 4), "\"open");
         assert_eq!(marked("a = ", 4), "");
         assert_eq!(marked("a = é", 4), "é");
+    }
+
+    #[test]
+    fn a_place_without_its_text_is_read_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "[[cluster]]\nname = \"prod\"\n").unwrap();
+        let d = Diagnostic::placed(&file, (2, 8), Severity::Error, "duplicate (rename it)");
+        let shown = file.display();
+        assert_eq!(
+            render(&[d], false),
+            format!(
+                "{shown}:2:8: duplicate\n  |\n2 | name = \"prod\"\n  |        ^^^^^^\n  |\n  = help: rename it\n"
+            )
+        );
     }
 
     #[test]
