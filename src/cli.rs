@@ -218,11 +218,14 @@ fn runtime() -> Result<tokio::runtime::Runtime, u8> {
         })
 }
 
-fn load(path: &std::path::Path) -> Result<config::Settings, u8> {
-    config::load(path).map_err(|e| {
+/// The loader of the daemon's config, and what it read.
+fn load(path: &std::path::Path) -> Result<(config::Loader, config::Settings), u8> {
+    let mut loader = config::Loader::new(path);
+    let settings = loader.load().map_err(|e| {
         tracing::error!("invalid configuration, not starting:\n{e}");
         exit::CONFIG
-    })
+    })?;
+    Ok((loader, settings))
 }
 
 fn with_settings(
@@ -280,13 +283,34 @@ fn run(path: &std::path::Path) -> Result<(), u8> {
     if let Err(e) = nix::sys::prctl::set_dumpable(false) {
         tracing::warn!(error = %e, "cannot turn off core dumps (PR_SET_DUMPABLE)");
     }
-    let settings = load(path)?;
+    let (loader, settings) = load(path)?;
     let rt = runtime()?;
-    rt.block_on(crate::app::run(settings, crate::app::termination()))
-        .map_err(|e| {
-            tracing::error!("{e}");
-            exit::FAILED
-        })
+    let state = std::sync::Arc::new(crate::state::State::default());
+    rt.block_on(crate::app::run_loaded(
+        loader,
+        settings,
+        state,
+        crate::app::termination(),
+    ))
+    .map_err(|e| {
+        tracing::error!("{e}");
+        exit::FAILED
+    })
+}
+
+/// `/etc/mcprom.toml: OK (12 clusters)`, naming the drop-in files read:
+/// `/etc/mcprom.toml + 3 files in /etc/mcprom.d: OK (12 clusters)`.
+fn check_summary(settings: &config::Settings) -> String {
+    let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
+    let dropins = match (&settings.include_dir, settings.dropins.len()) {
+        (Some(dir), n) if n > 0 => format!(" + {} in {}", plural(n, "file"), dir.display()),
+        _ => String::new(),
+    };
+    format!(
+        "{}{dropins}: OK ({})",
+        settings.path.display(),
+        plural(settings.clusters.len(), "cluster")
+    )
 }
 
 /// `mcprom check [--online] [--format json]`: 78 for file or host problems
@@ -319,16 +343,7 @@ fn check(path: &std::path::Path, online: bool, mint: bool, format: CheckFormat) 
         return Err(exit::CONFIG);
     };
     if !errors && format == CheckFormat::Text {
-        println!(
-            "{}: OK ({} cluster{})",
-            settings.path.display(),
-            settings.clusters.len(),
-            if settings.clusters.len() == 1 {
-                ""
-            } else {
-                "s"
-            }
-        );
+        println!("{}", check_summary(&settings));
     }
     let failed = online
         && runtime()?

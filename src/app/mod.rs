@@ -69,70 +69,36 @@ pub fn summary(state: &State) -> String {
     line
 }
 
-/// A digest of the config file's bytes, to tell a real change from an event
-/// that changed nothing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Fingerprint([u8; 32]);
-
-impl Fingerprint {
-    fn of(content: &[u8]) -> Self {
-        let digest = ring::digest::digest(&ring::digest::SHA256, content);
-        let mut bytes = [0; 32];
-        bytes.copy_from_slice(digest.as_ref());
-        Fingerprint(bytes)
-    }
-}
-
 /// A config re-read, done off the main loop: what [`Daemon::finish_reload`]
 /// applies.
-// One value per config re-read, moved once: boxing the large variant saves nothing.
 #[derive(Debug)]
-// One value per config reload, moved once: boxing would buy nothing.
-#[allow(clippy::large_enum_variant)]
 enum Prepared {
-    /// A file event, and the content is what was last applied (or a
+    /// A file event, and no file changed (or the main file is a
     /// half-written empty file): nothing to do.
     Unchanged,
-    /// The file could not be read: the message says why.
+    /// The main file could not be read: the message says why.
     Unreadable(String),
     /// Read and validated.
-    Parsed {
-        fingerprint: Fingerprint,
-        settings: Result<Box<Settings>, String>,
-    },
+    Parsed(Result<Box<Settings>, String>),
 }
 
-/// Reads and validates the config at `path`. Blocking: runs on a blocking
-/// thread, never on the daemon's main loop. Linear in the file's size (see
-/// `config::decode`), and bounded by `input::MAX_CONFIG_BYTES`.
-fn prepare(path: &std::path::Path, last: Option<Fingerprint>, trigger: Trigger) -> Prepared {
-    let content = match config::input::read_bounded(path, config::input::MAX_CONFIG_BYTES) {
-        Ok(c) => c,
-        Err(e) => {
-            return Prepared::Unreadable(format!(
-                "cannot read the config file {}: {e}; keeping the last good config",
-                path.display()
-            ));
+/// Reads and validates the config: the files that changed since the last
+/// read (see [`config::Loader`]). Blocking: runs on a blocking thread,
+/// never on the daemon's main loop. Linear in the size of what changed
+/// (see `config::decode`), each file bounded by `input::MAX_CONFIG_BYTES`.
+fn prepare(loader: &std::sync::Mutex<config::Loader>, trigger: Trigger) -> Prepared {
+    let mut loader = loader
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    match loader.reread(trigger == Trigger::FileEvent) {
+        config::Reread::Unchanged => Prepared::Unchanged,
+        config::Reread::MainUnreadable(e) => Prepared::Unreadable(format!(
+            "cannot read the config file {}: {e}; keeping the last good config",
+            loader.path().display()
+        )),
+        config::Reread::Read(settings) => {
+            Prepared::Parsed(settings.map(Box::new).map_err(|e| e.to_string()))
         }
-    };
-    let fingerprint = Fingerprint::of(&content);
-    if trigger == Trigger::FileEvent && last == Some(fingerprint) {
-        return Prepared::Unchanged;
-    }
-    if trigger == Trigger::FileEvent && content.iter().all(u8::is_ascii_whitespace) {
-        // An in-place save truncates first: an empty file is (almost
-        // certainly) half-written, and applying it would stop every
-        // cluster. The write that follows brings another event.
-        warn!(config = %path.display(), "the config file is empty: waiting for the rest of the write (use `mcprom reload` to apply an empty config on purpose)");
-        return Prepared::Unchanged;
-    }
-    let settings = config::decode_utf8(content, path)
-        .and_then(|text| config::parse(&text, path))
-        .map(Box::new)
-        .map_err(|e| e.to_string());
-    Prepared::Parsed {
-        fingerprint,
-        settings,
     }
 }
 
@@ -172,9 +138,9 @@ enum Trigger {
 /// The running daemon's event loop and its config-reload path.
 struct Daemon {
     path: PathBuf,
-    /// SHA-256 of the config file as last applied (the file itself is
-    /// ~1.7 MB at 10,000 clusters).
-    last_content: Option<Fingerprint>,
+    /// Reads the config files, keeping what it validated (shared with the
+    /// blocking thread a reload runs on; one reload runs at a time).
+    loader: Arc<std::sync::Mutex<config::Loader>>,
     supervisor: Supervisor,
     ready: bool,
     last_status: String,
@@ -213,9 +179,8 @@ impl Daemon {
     /// keeps answering `status` and feeding the watchdog meanwhile, and
     /// calls [`Daemon::finish_reload`] with the outcome.
     fn start_reload(&self, trigger: Trigger) -> tokio::task::JoinHandle<Prepared> {
-        let path = self.path.clone();
-        let last = self.last_content;
-        tokio::task::spawn_blocking(move || prepare(&path, last, trigger))
+        let loader = self.loader.clone();
+        tokio::task::spawn_blocking(move || prepare(&loader, trigger))
     }
 
     /// Applies a prepared reload: quick, on the main loop.
@@ -228,14 +193,9 @@ impl Daemon {
                 // start would fail. Whatever content comes back (even the
                 // same) is validated again and clears it.
                 self.supervisor.state().config_loaded(Err(message.clone()));
-                self.last_content = None;
                 Err(message)
             }
-            Prepared::Parsed {
-                fingerprint,
-                settings,
-            } => {
-                self.last_content = Some(fingerprint);
+            Prepared::Parsed(settings) => {
                 notify::reloading();
                 let outcome = settings.and_then(|settings| {
                     let settings = *settings;
@@ -364,19 +324,28 @@ pub async fn run_with_state(
     state: Arc<State>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartError> {
+    let loader = config::Loader::new(&settings.path);
+    run_loaded(loader, settings, state, shutdown).await
+}
+
+/// [`run_with_state`] with the loader that read `settings`: its first
+/// re-read then validates only the files that changed since.
+pub async fn run_loaded(
+    loader: config::Loader,
+    settings: Settings,
+    state: Arc<State>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartError> {
     use tokio::signal::unix::{SignalKind, signal};
 
     let path = settings.path.clone();
     let socket = settings.control.socket.clone();
-    let last_content =
-        crate::config::input::read_bounded(&path, crate::config::input::MAX_CONFIG_BYTES)
-            .ok()
-            .map(|c| Fingerprint::of(&c));
+    let include_dir = settings.include_dir.clone();
     let cancel = CancellationToken::new();
     let supervisor = Supervisor::start(settings, state.clone(), cancel.clone())?;
     let mut daemon = Daemon {
         path: path.clone(),
-        last_content,
+        loader: Arc::new(std::sync::Mutex::new(loader)),
         supervisor,
         ready: false,
         last_status: String::new(),
@@ -397,7 +366,7 @@ pub async fn run_with_state(
             "cannot open the control socket: `mcprom status|rotate|reload` will not reach this daemon"
         ),
     }
-    let mut watcher = match ConfigWatcher::new(&path) {
+    let mut watcher = match ConfigWatcher::new(&path, include_dir.as_deref()) {
         Ok(w) => Some(w),
         Err(e) => {
             warn!(error = %e, "cannot watch the config file's directory: edits are applied on SIGHUP or `mcprom reload` only");
@@ -453,6 +422,14 @@ pub async fn run_with_state(
                     Ok(prepared) => daemon.finish_reload(prepared).await,
                     Err(e) => Err(format!("reading the configuration failed: {e}; keeping the last good config")),
                 };
+                // The drop-in directory may have appeared, moved or been
+                // made again: watch it, and read it once more in case a file
+                // changed before the watch was set.
+                if let Some(w) = watcher.as_mut()
+                    && w.follow(daemon.supervisor.settings().include_dir.as_deref())
+                {
+                    queued.add(Trigger::FileEvent, None);
+                }
                 for reply in replies {
                     let _ = reply.send(control::Response::Reload {
                         ok: outcome.is_ok(),

@@ -34,6 +34,7 @@ enum Hit {
 
 /// The top-level tables, in the order `FileConfig` declares them.
 const TOP_LEVEL: &[&str] = &[
+    "include_dir",
     "prometheus",
     "defaults",
     "metrics",
@@ -69,6 +70,7 @@ pub(crate) fn decode(text: &str, report: &mut Report<'_>) -> Option<FileConfig> 
         let path = [Step::Key(name.clone())];
         let context = format!("[{name}]");
         match name.as_str() {
+            "include_dir" => file.include_dir = top_level_string(value, &name, report),
             "prometheus" => file.prometheus = entry(value, &path, &context, report),
             "defaults" => file.defaults = entry(value, &path, &context, report),
             "metrics" => file.metrics = entry(value, &path, &context, report),
@@ -87,6 +89,25 @@ pub(crate) fn decode(text: &str, report: &mut Report<'_>) -> Option<FileConfig> 
         }
     }
     Some(file)
+}
+
+/// A top-level string such as `include_dir`; anything else is reported.
+fn top_level_string(
+    value: Spanned<DeValue<'_>>,
+    key: &str,
+    report: &mut Report<'_>,
+) -> Option<Spanned<String>> {
+    let span = value.span();
+    if let Some(text) = value.get_ref().as_str() {
+        return Some(Spanned::new(span, text.to_string()));
+    }
+    let hint = example(key).map_or(String::new(), |e| format!(" (e.g. {e})"));
+    report.add(
+        span.start,
+        "",
+        format!("key {key:?}: expected a string{hint}"),
+    );
+    None
 }
 
 /// Every `[[cluster]]` that decodes; the others are reported.
@@ -284,6 +305,10 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "bearer_token_file",
         ],
     ),
+    (
+        "the top of the file, before the first [table]",
+        &["include_dir"],
+    ),
     ("[defaults]", &["token_dir"]),
     ("[metrics]", &["listen"]),
     ("[control]", &["socket"]),
@@ -359,6 +384,7 @@ fn key_prefix(key: &str) -> Option<&str> {
 /// An example of a correct line for each key, shown with type errors.
 fn example(key: &str) -> Option<&'static str> {
     Some(match key {
+        "include_dir" => r#"include_dir = "/etc/mcprom.d""#,
         "url" => r#"url = "http://127.0.0.1:9090""#,
         "reload" => r#"reload = "on_rotation""#,
         "timeout" => r#"timeout = "60s""#,

@@ -63,6 +63,18 @@ impl ConfigError {
         }
     }
 
+    /// One error for the problems of several files (`None` for none): the
+    /// main file's, then each drop-in's. Each problem names its own file.
+    pub(crate) fn combine(main: &Path, errors: Vec<ConfigError>) -> Option<ConfigError> {
+        if errors.len() <= 1 {
+            return errors.into_iter().next();
+        }
+        Some(ConfigError::Invalid {
+            path: main.to_path_buf(),
+            problems: errors.iter().flat_map(ConfigError::diagnostics).collect(),
+        })
+    }
+
     pub(crate) fn unreadable(path: &Path, error: &std::io::Error) -> Self {
         let hint = match error.kind() {
             std::io::ErrorKind::NotFound => {

@@ -16,6 +16,10 @@ use serde_spanned::Spanned;
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
+    /// Directory of drop-in files, each holding `[[cluster]]` tables
+    /// (default: the main file's name with `.d` for `.toml`; `""` turns
+    /// drop-ins off). A top-level key: it must come before the first table.
+    pub include_dir: Option<Spanned<String>>,
     /// `[prometheus]`.
     pub prometheus: Option<Spanned<PrometheusFile>>,
     /// `[defaults]`.

@@ -137,7 +137,9 @@ pub fn host_diagnostics(settings: &Settings) -> Vec<Diagnostic> {
     warnings.chain(problems).collect()
 }
 
-/// Every file the settings were read from.
+/// Every file the settings were read from: the main file and its drop-ins.
 fn config_files(settings: &Settings) -> Vec<PathBuf> {
-    vec![settings.path.clone()]
+    std::iter::once(settings.path.clone())
+        .chain(settings.dropins.iter().map(|d| d.path.clone()))
+        .collect()
 }

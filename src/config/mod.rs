@@ -13,7 +13,9 @@
 //!   `locate.rs` finds the key behind a host problem or warning again
 //!   ([`host_diagnostics`]), `duration.rs` parses and prints durations,
 //!   `settings.rs` the validated types, [`input`] reads the files settings
-//!   name, [`watch`] follows the file's directory.
+//!   name, [`watch`] follows the file's directory, [`dropin`] reads the
+//!   drop-in directory and holds the [`Loader`] that re-reads only what
+//!   changed.
 //!
 //! Two kinds of problems, two behaviours (see DESIGN.md): a [`ConfigError`]
 //! means the file is wrong and mcprom refuses it; a [`HostProblem`] means the
@@ -21,6 +23,7 @@
 
 mod decode;
 mod diagnostic;
+pub mod dropin;
 mod duration;
 mod error;
 pub mod file;
@@ -33,6 +36,7 @@ pub mod validate;
 pub mod watch;
 
 pub use diagnostic::{Diagnostic, Severity, render, stderr_wants_color};
+pub use dropin::{Loader, Reread};
 pub use duration::{format_duration, parse_duration};
 pub use error::ConfigError;
 pub use host::{HostProblem, host_problems, warnings};
@@ -50,14 +54,12 @@ use std::path::Path;
 /// Default config path (`MCPROM_CONFIG` or `--config` override it).
 pub const DEFAULT_PATH: &str = "/etc/mcprom.toml";
 
-/// Reads and validates the file at `path`.
+/// Reads and validates the file at `path` and its drop-ins (see [`dropin`]).
 ///
 /// A missing or unreadable file is a [`ConfigError`] too; its message names
 /// the path and the OS error.
 pub fn load(path: &Path) -> Result<Settings, ConfigError> {
-    let absolute = validate::absolute(path);
-    let text = read_config(&absolute)?;
-    parse(&text, &absolute)
+    Loader::new(path).load()
 }
 
 /// The directory of `file` with symlinks resolved, when it exists (else as
@@ -76,13 +78,14 @@ pub fn resolved_dir(file: &Path) -> std::path::PathBuf {
 pub fn read_config(absolute: &Path) -> Result<String, ConfigError> {
     let bytes = input::read_bounded(absolute, input::MAX_CONFIG_BYTES)
         .map_err(|e| ConfigError::unreadable(absolute, &e.into()))?;
-    decode_utf8(bytes, absolute)
+    config_text(absolute, bytes)
 }
 
-/// The text of a config file's `bytes`, or an error naming the line and
-/// the byte in it where UTF-8 decoding failed.
-pub fn decode_utf8(bytes: Vec<u8>, path: &Path) -> Result<String, ConfigError> {
-    String::from_utf8(bytes).map_err(|e| ConfigError::not_utf8(path, e.as_bytes(), e.utf8_error()))
+/// The bytes of the config file (or drop-in) at `absolute` as text, or an
+/// error naming the line and the byte in it where UTF-8 decoding failed.
+pub(crate) fn config_text(absolute: &Path, bytes: Vec<u8>) -> Result<String, ConfigError> {
+    String::from_utf8(bytes)
+        .map_err(|e| ConfigError::not_utf8(absolute, e.as_bytes(), e.utf8_error()))
 }
 
 /// Validates `text` as if read from `path`: `path` is made absolute, and

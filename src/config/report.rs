@@ -94,6 +94,29 @@ impl<'a> Report<'a> {
     }
 }
 
+/// One problem at a place of a file whose text is not at hand (`mcprom
+/// check` reads the line to show it): `/etc/mcprom.toml:14:1: cluster
+/// "prod": message`. `context` is the section or cluster, empty at the top
+/// level.
+pub(crate) fn problem_at(
+    path: &Path,
+    (line, column): (u32, u32),
+    context: &str,
+    message: &str,
+) -> Diagnostic {
+    let text = if context.is_empty() {
+        message.to_string()
+    } else {
+        format!("{context}: {message}")
+    };
+    Diagnostic::placed(
+        path,
+        (line as usize, column as usize),
+        Severity::Error,
+        &text,
+    )
+}
+
 /// The closest candidate to a misspelled `word`, if one is close enough to
 /// be what was meant.
 pub(crate) fn did_you_mean<'c>(word: &str, candidates: &[&'c str]) -> Option<&'c str> {

@@ -23,8 +23,42 @@ pub struct Settings {
     pub control: ControlSettings,
     /// `[limits]`.
     pub limits: Limits,
-    /// `[[cluster]]` entries, in file order, with `[defaults]` applied.
+    /// `[[cluster]]` entries, with `[defaults]` applied: the main file's in
+    /// file order, then each drop-in's (see [`Settings::dropins`]).
     pub clusters: Vec<std::sync::Arc<ClusterSettings>>,
+    /// The drop-in directory (`include_dir`, absolute); `None` when drop-ins
+    /// are turned off (`include_dir = ""`).
+    pub include_dir: Option<PathBuf>,
+    /// The drop-in files read, in name order.
+    pub dropins: Vec<DropIn>,
+}
+
+/// One drop-in file that was read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DropIn {
+    /// The file (absolute, as listed in the drop-in directory).
+    pub path: PathBuf,
+    /// How many clusters it holds.
+    pub clusters: usize,
+}
+
+impl Settings {
+    /// The file the cluster at `index` in [`Settings::clusters`] was read
+    /// from: the main file or a drop-in.
+    pub fn cluster_source(&self, index: usize) -> &Path {
+        let mut first =
+            self.clusters.len() - self.dropins.iter().map(|d| d.clusters).sum::<usize>();
+        if index < first {
+            return &self.path;
+        }
+        for dropin in &self.dropins {
+            first += dropin.clusters;
+            if index < first {
+                return &dropin.path;
+            }
+        }
+        &self.path
+    }
 }
 
 /// Whether mcprom asks Prometheus to reload after token files change.

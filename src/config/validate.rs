@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_spanned::Spanned;
@@ -72,8 +73,80 @@ fn normalize(path: &Path) -> PathBuf {
     out
 }
 
-/// Validates `text` as the file at `path` (absolute).
+/// Validates `text` as the file at `path` (absolute), on its own: the
+/// settings hold its clusters only, no drop-in's.
 pub(crate) fn validate(text: &str, path: &Path) -> Result<Settings, ConfigError> {
+    match validate_main(text, path) {
+        (_, Some(error)) => Err(error),
+        (Some(main), None) => Ok(main.settings),
+        (None, None) => unreachable!("a file that does not decode is reported"),
+    }
+}
+
+/// A line and column (1-based), for messages that name a second place.
+pub(crate) type Position = (u32, u32);
+
+/// Where a valid cluster was set, for the checks across files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Origin {
+    /// Its `name` value.
+    pub(crate) name: Position,
+    /// Its `token_file` value, or its `[[cluster]]` header when defaulted.
+    pub(crate) token_file: Position,
+    /// Whether `token_file` was written out.
+    pub(crate) explicit_token_file: bool,
+}
+
+/// The main file, validated: its settings (its own clusters only), and
+/// what its drop-ins inherit.
+#[derive(Debug)]
+pub(crate) struct Main {
+    pub(crate) settings: Settings,
+    pub(crate) defaults: Arc<Defaults>,
+    /// One per cluster of `settings`.
+    pub(crate) origins: Vec<Origin>,
+}
+
+/// Validates the main file at `path` (absolute). Returns what is valid
+/// even when there are problems (so the drop-ins can be checked too), and
+/// `None` only when the file does not decode at all.
+pub(crate) fn validate_main(text: &str, path: &Path) -> (Option<Main>, Option<ConfigError>) {
+    let mut report = Report::new(path, text);
+    let Some(file) = decode(text, &mut report) else {
+        return (None, report.into_error());
+    };
+    let base = path.parent().unwrap_or(Path::new("/")).to_path_buf();
+    let mut v = Validator {
+        report,
+        base,
+        path: path.to_path_buf(),
+    };
+    let (settings, defaults, origins) = v.settings(file);
+    let main = Main {
+        settings,
+        defaults: Arc::new(defaults),
+        origins,
+    };
+    (Some(main), v.report.into_error())
+}
+
+/// The clusters of one drop-in file, validated.
+#[derive(Debug)]
+pub(crate) struct Fragment {
+    pub(crate) clusters: Vec<Arc<ClusterSettings>>,
+    /// One per cluster.
+    pub(crate) origins: Vec<Origin>,
+}
+
+/// Validates the drop-in file at `path` (absolute): `[[cluster]]` tables
+/// only, with the main file's (`main`) `[defaults]` applied, relative paths
+/// resolved against the drop-in's own directory.
+pub(crate) fn validate_fragment(
+    text: &str,
+    path: &Path,
+    main: &Path,
+    defaults: &Defaults,
+) -> Result<Fragment, ConfigError> {
     let mut report = Report::new(path, text);
     let Some(file) = decode(text, &mut report) else {
         return Err(report.into_error().expect("decode reports why it failed"));
@@ -84,10 +157,14 @@ pub(crate) fn validate(text: &str, path: &Path) -> Result<Settings, ConfigError>
         base,
         path: path.to_path_buf(),
     };
-    let settings = v.settings(file);
+    v.clusters_only(&file, main);
+    let (clusters, origins) = v.clusters(file.cluster, defaults);
     match v.report.into_error() {
         Some(error) => Err(error),
-        None => Ok(settings),
+        None => Ok(Fragment {
+            clusters: clusters.into_iter().map(Arc::new).collect(),
+            origins,
+        }),
     }
 }
 
@@ -98,7 +175,8 @@ struct Validator<'a> {
 }
 
 /// `[defaults]` after validation, with the built-in defaults applied.
-struct Defaults {
+#[derive(Debug, PartialEq)]
+pub(crate) struct Defaults {
     token_dir: PathBuf,
     expiration: Duration,
     refresh_at: f64,
@@ -132,7 +210,44 @@ impl Validator<'_> {
         }
     }
 
-    fn settings(&mut self, file: FileConfig) -> Settings {
+    /// A drop-in holds `[[cluster]]` tables only: the rest is the main
+    /// file's.
+    fn clusters_only(&mut self, file: &FileConfig, main: &Path) {
+        let main = main.display();
+        if let Some(dir) = &file.include_dir {
+            self.error(
+                dir.span().start,
+                "",
+                format!("key \"include_dir\" is not allowed in a drop-in file (set it in {main})"),
+            );
+        }
+        let tables = [
+            ("prometheus", file.prometheus.as_ref().map(|t| t.span())),
+            ("defaults", file.defaults.as_ref().map(|t| t.span())),
+            ("metrics", file.metrics.as_ref().map(|t| t.span())),
+            ("control", file.control.as_ref().map(|t| t.span())),
+            ("limits", file.limits.as_ref().map(|t| t.span())),
+        ];
+        for (table, span) in tables {
+            if let Some(span) = span {
+                self.error(
+                    span.start,
+                    "",
+                    format!(
+                        "[{table}] is not allowed in a drop-in file: a drop-in holds only \
+                         [[cluster]] tables (set [{table}] in {main})"
+                    ),
+                );
+            }
+        }
+    }
+
+    fn settings(&mut self, file: FileConfig) -> (Settings, Defaults, Vec<Origin>) {
+        let include_dir = match &file.include_dir {
+            None => Some(super::dropin::default_dir(&self.path)),
+            Some(dir) if dir.get_ref().is_empty() => None,
+            Some(dir) => self.path_value(dir, "", "include_dir"),
+        };
         let prometheus = self.prometheus(file.prometheus.map(Spanned::into_inner));
         let defaults = self.defaults(file.defaults.map(Spanned::into_inner));
         let listen = match file.metrics.and_then(|m| m.into_inner().listen) {
@@ -196,8 +311,8 @@ impl Validator<'_> {
                 }
             },
         };
-        let clusters = self.clusters(file.cluster, &defaults);
-        Settings {
+        let (clusters, origins) = self.clusters(file.cluster, &defaults);
+        let settings = Settings {
             path: self.path.clone(),
             prometheus,
             metrics: MetricsSettings { listen },
@@ -206,8 +321,11 @@ impl Validator<'_> {
                 concurrent_requests,
                 exec_timeout,
             },
-            clusters: clusters.into_iter().map(std::sync::Arc::new).collect(),
-        }
+            clusters: clusters.into_iter().map(Arc::new).collect(),
+            include_dir,
+            dropins: Vec::new(),
+        };
+        (settings, defaults, origins)
     }
 
     /// A path value: non-empty, resolved against the config file's directory.
@@ -511,9 +629,10 @@ impl Validator<'_> {
         &mut self,
         clusters: Vec<Spanned<ClusterFile>>,
         defaults: &Defaults,
-    ) -> Vec<ClusterSettings> {
+    ) -> (Vec<ClusterSettings>, Vec<Origin>) {
         let mut out = Vec::new();
         let mut files = Vec::new();
+        let mut origins = Vec::new();
         let mut names: HashMap<String, usize> = HashMap::new();
         for (index, cluster) in clusters.into_iter().enumerate() {
             let offset = cluster.span().start;
@@ -538,12 +657,25 @@ impl Validator<'_> {
             if let Some((settings, cluster_files)) =
                 self.cluster(&cluster, offset, &label, defaults)
             {
+                let name_offset = cluster.name.as_ref().map_or(offset, |n| n.span().start);
+                let token_offset = cluster_files.token_file_offset;
+                origins.push(Origin {
+                    name: self.position(name_offset),
+                    token_file: self.position(token_offset.unwrap_or(offset)),
+                    explicit_token_file: token_offset.is_some(),
+                });
                 out.push(settings);
                 files.push(cluster_files);
             }
         }
         self.cross_check_files(&out, &files);
-        out
+        (out, origins)
+    }
+
+    fn position(&self, offset: usize) -> Position {
+        let (line, column) = self.report.position(offset);
+        let narrow = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        (narrow(line), narrow(column))
     }
 
     fn cluster(
