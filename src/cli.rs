@@ -45,6 +45,11 @@ pub enum Command {
         /// its audiences (written nowhere).
         #[arg(long, requires = "online")]
         mint: bool,
+        /// How to print problems: `text` (each with its source line and a
+        /// caret, on stderr) or `json` (one array on stdout, for editors and
+        /// CI; not with --online).
+        #[arg(long, value_enum, default_value_t = CheckFormat::Text, conflicts_with = "online")]
+        format: CheckFormat,
     },
     /// Per-cluster table: state, expiry, last and next refresh, last error.
     /// Exit 1 if a cluster is unhealthy, 69 if the daemon is not running
@@ -119,6 +124,15 @@ pub enum Command {
     },
 }
 
+/// `mcprom check --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CheckFormat {
+    /// Problems drawn with their source line, on stderr.
+    Text,
+    /// A JSON array of problems on stdout.
+    Json,
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     config::parse_duration(s)
 }
@@ -155,7 +169,11 @@ pub fn main() -> ExitCode {
             runtime().and_then(|rt| rt.block_on(crate::onboarding::seed(&cli.config, &cluster)))
         }
         Command::Run => run(&cli.config),
-        Command::Check { online, mint } => check(&cli.config, online, mint),
+        Command::Check {
+            online,
+            mint,
+            format,
+        } => check(&cli.config, online, mint, format),
         Command::Status { json } => with_settings(&cli.config, |rt, s| {
             rt.block_on(crate::commands::status(&s, json))
         }),
@@ -228,7 +246,10 @@ fn with_settings(
     f: impl FnOnce(&tokio::runtime::Runtime, config::Settings) -> u8,
 ) -> Result<(), u8> {
     let settings = config::load(path).map_err(|e| {
-        eprintln!("{e}");
+        eprint!(
+            "{}",
+            config::render(&e.diagnostics(), config::stderr_wants_color())
+        );
         exit::CONFIG
     })?;
     let rt = runtime()?;
@@ -305,25 +326,36 @@ fn check_summary(settings: &config::Settings) -> String {
     )
 }
 
-/// `mcprom check [--online]`: 78 for file or host problems (the online
-/// checks still run, to show everything at once), else 1 if an online check
-/// failed.
-fn check(path: &std::path::Path, online: bool, mint: bool) -> Result<(), u8> {
-    let settings = match config::load(path) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("{e}");
-            return Err(exit::CONFIG);
+/// `mcprom check [--online] [--format json]`: 78 for file or host problems
+/// (the online checks still run, to show everything at once), else 1 if an
+/// online check failed. Warnings change no exit status.
+fn check(path: &std::path::Path, online: bool, mint: bool, format: CheckFormat) -> Result<(), u8> {
+    let (settings, diagnostics) = match config::load(path) {
+        Ok(s) => {
+            let diagnostics = config::host_diagnostics(&s);
+            (Some(s), diagnostics)
         }
+        Err(e) => (None, e.diagnostics()),
     };
-    for warning in config::warnings(&settings) {
-        eprintln!("warning: {warning}");
+    let errors = diagnostics
+        .iter()
+        .any(|d| d.severity == config::Severity::Error);
+    match format {
+        CheckFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&diagnostics).unwrap_or_default()
+        ),
+        CheckFormat::Text => {
+            eprint!(
+                "{}",
+                config::render(&diagnostics, config::stderr_wants_color())
+            );
+        }
     }
-    let problems = config::host_problems(&settings);
-    for problem in &problems {
-        eprintln!("{problem}");
-    }
-    if problems.is_empty() {
+    let Some(settings) = settings else {
+        return Err(exit::CONFIG);
+    };
+    if !errors && format == CheckFormat::Text {
         println!("{}", check_summary(&settings));
     }
     let failed = online
@@ -331,7 +363,7 @@ fn check(path: &std::path::Path, online: bool, mint: bool) -> Result<(), u8> {
             .block_on(crate::online::run(&settings, mint))
             .failed
             > 0;
-    if !problems.is_empty() {
+    if errors {
         Err(exit::CONFIG)
     } else if failed {
         Err(exit::FAILED)

@@ -372,9 +372,10 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
 fn unreadable_file(path: &Path, error: &str) -> ConfigError {
     ConfigError::Invalid {
         path: path.to_path_buf(),
-        problems: vec![format!(
-            "cannot read the drop-in file {}: {error}",
-            path.display()
+        problems: vec![super::Diagnostic::unplaced(
+            path,
+            super::Severity::Error,
+            &format!("cannot read the drop-in file {}: {error}", path.display()),
         )],
     }
 }
@@ -443,7 +444,7 @@ fn cross_check(files: &[FileClusters<'_>]) -> Vec<ConfigError> {
             }
         }
     }
-    let mut problems: Vec<Vec<String>> = vec![Vec::new(); files.len()];
+    let mut problems: Vec<Vec<super::Diagnostic>> = vec![Vec::new(); files.len()];
     for (f, (_, clusters, origins)) in files.iter().enumerate() {
         for (i, (cluster, origin)) in clusters.iter().zip(origins.iter()).enumerate() {
             let context = format!("cluster {:?}", cluster.name);

@@ -4,6 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
+use super::diagnostic::{Diagnostic, Severity};
+
 /// The configuration could not be used: the file is unreadable or wrong.
 ///
 /// `mcprom run` refuses to start on it (exit 78); a live reload keeps the
@@ -21,22 +23,36 @@ pub enum ConfigError {
         kind: std::io::ErrorKind,
     },
     /// The file was read, and has one or more problems.
-    #[error("{}", problems.join("\n"))]
+    #[error("{}", problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Invalid {
         /// The file (absolute).
         path: PathBuf,
-        /// One line per problem, in file order:
+        /// The problems in file order, each with its own file (a drop-in
+        /// fragment or the main file); each displays as one line:
         /// `/etc/mcprom.toml:14:1: cluster "prod": unknown key "servce_account" (did you mean "service_account"?)`.
-        problems: Vec<String>,
+        problems: Vec<Diagnostic>,
     },
 }
 
 impl ConfigError {
     /// Every problem, one line each (a single line for an unreadable file).
-    pub fn problems(&self) -> &[String] {
+    pub fn problems(&self) -> Vec<String> {
         match self {
-            ConfigError::Unreadable { message, .. } => std::slice::from_ref(message),
-            ConfigError::Invalid { problems, .. } => problems,
+            ConfigError::Unreadable { message, .. } => vec![message.clone()],
+            ConfigError::Invalid { problems, .. } => {
+                problems.iter().map(ToString::to_string).collect()
+            }
+        }
+    }
+
+    /// Every problem with its place, for `mcprom check` to draw or print
+    /// as JSON.
+    pub fn diagnostics(&self) -> Vec<Diagnostic> {
+        match self {
+            ConfigError::Unreadable { path, message, .. } => {
+                vec![Diagnostic::unplaced(path, Severity::Error, message)]
+            }
+            ConfigError::Invalid { problems, .. } => problems.clone(),
         }
     }
 
@@ -55,7 +71,7 @@ impl ConfigError {
         }
         Some(ConfigError::Invalid {
             path: main.to_path_buf(),
-            problems: errors.iter().flat_map(|e| e.problems().to_vec()).collect(),
+            problems: errors.iter().flat_map(ConfigError::diagnostics).collect(),
         })
     }
 
@@ -72,6 +88,40 @@ impl ConfigError {
             path: path.to_path_buf(),
             message: format!("cannot read {}: {error} ({hint})", path.display()),
             kind: error.kind(),
+        }
+    }
+
+    /// A file that is not UTF-8: the problem names the line, the byte in
+    /// that line (1-based) and its value, and shows the line.
+    pub(crate) fn not_utf8(path: &Path, bytes: &[u8], error: std::str::Utf8Error) -> Self {
+        let bad = error.valid_up_to();
+        let valid = std::str::from_utf8(&bytes[..bad]).unwrap_or_default();
+        let line_start = valid.rfind('\n').map_or(0, |i| i + 1);
+        let line_end = bytes[bad..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(bytes.len(), |i| bad + i);
+        let line = valid.matches('\n').count() + 1;
+        let byte = bad - line_start + 1;
+        let text = String::from_utf8_lossy(&bytes[line_start..line_end]);
+        let source = format!(
+            "{}{text}",
+            &valid[..line_start].replace(|c: char| c != '\n', "")
+        );
+        let message = format!(
+            "the file is not UTF-8: decoding failed at line {line}, byte {byte} (0x{:02x}, \
+             offset {bad} in the file) (save the file as UTF-8)",
+            bytes[bad]
+        );
+        ConfigError::Invalid {
+            path: path.to_path_buf(),
+            problems: vec![Diagnostic::at(
+                path,
+                &source,
+                line - 1 + valid[line_start..].len(),
+                Severity::Error,
+                &message,
+            )],
         }
     }
 }

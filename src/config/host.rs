@@ -67,18 +67,27 @@ pub fn host_problems(settings: &Settings) -> Vec<HostProblem> {
 
 /// Non-fatal advice about valid settings, printed at every start.
 pub fn warnings(settings: &Settings) -> Vec<String> {
+    keyed_warnings(settings)
+        .into_iter()
+        .map(|(_, _, text)| text)
+        .collect()
+}
+
+/// [`warnings`], each with its cluster and the key it is about.
+pub(crate) fn keyed_warnings(settings: &Settings) -> Vec<(String, &'static str, String)> {
     let mut out = Vec::new();
     for cluster in &settings.clusters {
+        let name = || cluster.name.clone();
         if cluster.insecure_skip_tls_verify {
-            out.push(format!(
+            out.push((name(), "insecure_skip_tls_verify", format!(
                 "TLS verification disabled for cluster {:?}: insecure_skip_tls_verify = true lets \
                  anyone on the network path impersonate the API server and capture mcprom's \
                  credential; set ca_file to the cluster's CA instead",
                 cluster.name
-            ));
+            )));
         }
         if cluster.file_mode & 0o026 != 0 {
-            out.push(format!(
+            out.push((name(), "file_mode", format!(
                 "cluster {:?}: file_mode {:04o} lets {} the token file; a token is a credential \
                  for the cluster: use 0640 with file_group, or 0600",
                 cluster.name,
@@ -91,15 +100,15 @@ pub fn warnings(settings: &Settings) -> Vec<String> {
                     (true, false) => "every local user read",
                     _ => "others than mcprom write",
                 }
-            ));
+            )));
         }
         if cluster.expiration < API_SERVER_MINIMUM_EXPIRATION {
-            out.push(format!(
+            out.push((name(), "expiration", format!(
                 "cluster {:?}: expiration {} is below 10 minutes: real API servers refuse less \
                  than 10 minutes (TokenRequest fails with 422); only simulators and tests accept it",
                 cluster.name,
                 format_duration(cluster.expiration)
-            ));
+            )));
         }
     }
     out

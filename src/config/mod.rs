@@ -8,7 +8,10 @@
 //! - `host.rs` checks settings against this machine ([`host_problems`]) and
 //!   gives advice ([`warnings`]);
 //! - `error.rs` holds [`ConfigError`], `report.rs` collects problems with
-//!   their positions, `duration.rs` parses and prints durations,
+//!   their positions as [`Diagnostic`]s (`diagnostic.rs`: one line for the
+//!   log, drawn with the source line for `mcprom check`, JSON for editors),
+//!   `locate.rs` finds the key behind a host problem or warning again
+//!   ([`host_diagnostics`]), `duration.rs` parses and prints durations,
 //!   `settings.rs` the validated types, [`input`] reads the files settings
 //!   name, [`watch`] follows the file's directory, [`dropin`] reads the
 //!   drop-in directory and holds the [`Loader`] that re-reads only what
@@ -20,12 +23,14 @@
 
 mod consumers;
 mod decode;
+mod diagnostic;
 pub mod dropin;
 mod duration;
 mod error;
 pub mod file;
 mod host;
 pub mod input;
+mod locate;
 mod report;
 mod settings;
 pub mod validate;
@@ -35,10 +40,12 @@ pub use consumers::{
     COMMAND_PATH, ConsumerAction, ConsumerSettings, DEFAULT_CONSUMER_DELAY,
     DEFAULT_CONSUMER_TIMEOUT, PROMETHEUS_CONSUMER, WebEndpoint, resolve_program,
 };
+pub use diagnostic::{Diagnostic, Severity, render, stderr_wants_color};
 pub use dropin::{Loader, Reread};
 pub use duration::{format_duration, parse_duration};
 pub use error::ConfigError;
 pub use host::{HostProblem, host_problems, warnings};
+pub use locate::host_diagnostics;
 pub use settings::*;
 
 /// The closest of `candidates` to a misspelled `word`, if one is close
@@ -79,18 +86,11 @@ pub fn read_config(absolute: &Path) -> Result<String, ConfigError> {
     config_text(absolute, bytes)
 }
 
-/// The bytes of the config file (or drop-in) at `absolute` as text.
+/// The bytes of the config file (or drop-in) at `absolute` as text, or an
+/// error naming the line and the byte in it where UTF-8 decoding failed.
 pub(crate) fn config_text(absolute: &Path, bytes: Vec<u8>) -> Result<String, ConfigError> {
-    String::from_utf8(bytes).map_err(|e| {
-        let error = std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!(
-                "it is not UTF-8 (invalid byte at offset {})",
-                e.utf8_error().valid_up_to()
-            ),
-        );
-        ConfigError::unreadable(absolute, &error)
-    })
+    String::from_utf8(bytes)
+        .map_err(|e| ConfigError::not_utf8(absolute, e.as_bytes(), e.utf8_error()))
 }
 
 /// Validates `text` as if read from `path`: `path` is made absolute, and

@@ -5,19 +5,20 @@ use std::cell::OnceCell;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
+use super::diagnostic::{Diagnostic, LineIndex, Severity};
 use super::error::ConfigError;
 
 /// Problems found so far in one file.
 pub(crate) struct Report<'a> {
     path: &'a Path,
     text: &'a str,
-    problems: Vec<(usize, String)>,
+    problems: Vec<(usize, Diagnostic)>,
     /// Keys offered as "did you mean" for an unknown key, by context, so
     /// the validator need not also report that key as missing.
     suggestions: HashMap<String, HashSet<String>>,
     /// Byte offset of the start of every line, built on first use: each
     /// position is then a binary search, not a scan from the file's start.
-    line_starts: OnceCell<Vec<usize>>,
+    lines: OnceCell<LineIndex<'a>>,
 }
 
 impl<'a> Report<'a> {
@@ -28,16 +29,22 @@ impl<'a> Report<'a> {
             text,
             problems: Vec::new(),
             suggestions: HashMap::new(),
-            line_starts: OnceCell::new(),
+            lines: OnceCell::new(),
         }
     }
 
     /// Records a problem at byte `offset`; `context` is the section or
     /// cluster (`[prometheus]`, `cluster "prod"`), empty at the top level.
     pub(crate) fn add(&mut self, offset: usize, context: &str, message: impl AsRef<str>) {
-        let (line, column) = self.position(offset);
-        let text = problem_at(self.path, (line, column), context, message.as_ref());
-        self.problems.push((offset, text));
+        let text = if context.is_empty() {
+            message.as_ref().to_string()
+        } else {
+            format!("{context}: {}", message.as_ref())
+        };
+        let diagnostic = self
+            .lines()
+            .diagnostic(self.path, offset, Severity::Error, &text);
+        self.problems.push((offset, diagnostic));
     }
 
     /// Remembers that `key` was suggested in `context` for a misspelled key.
@@ -58,20 +65,13 @@ impl<'a> Report<'a> {
 
     /// 1-based line and column (in characters) of a byte offset.
     pub(crate) fn position(&self, offset: usize) -> (usize, usize) {
-        let mut offset = offset.min(self.text.len());
-        while !self.text.is_char_boundary(offset) {
-            offset -= 1;
-        }
-        let starts = self.line_starts.get_or_init(|| {
-            std::iter::once(0)
-                .chain(self.text.match_indices('\n').map(|(i, _)| i + 1))
-                .collect()
-        });
-        // The last line start at or before `offset`.
-        let line = starts.partition_point(|&start| start <= offset);
-        let line_start = starts[line - 1];
-        let column = self.text[line_start..offset].chars().count() + 1;
+        let (line, column, _) = self.lines().locate(offset);
         (line, column)
+    }
+
+    /// The line index, built on first use.
+    fn lines(&self) -> &LineIndex<'a> {
+        self.lines.get_or_init(|| LineIndex::new(self.text))
     }
 
     /// 1-based line of a byte offset.
@@ -89,25 +89,32 @@ impl<'a> Report<'a> {
         problems.dedup_by(|a, b| a.1 == b.1);
         Some(ConfigError::Invalid {
             path: PathBuf::from(self.path),
-            problems: problems.into_iter().map(|(_, text)| text).collect(),
+            problems: problems.into_iter().map(|(_, d)| d).collect(),
         })
     }
 }
 
-/// One problem's line: `/etc/mcprom.toml:14:1: cluster "prod": message`.
-/// `context` is the section or cluster, empty at the top level.
+/// One problem at a place of a file whose text is not at hand (`mcprom
+/// check` reads the line to show it): `/etc/mcprom.toml:14:1: cluster
+/// "prod": message`. `context` is the section or cluster, empty at the top
+/// level.
 pub(crate) fn problem_at(
     path: &Path,
-    (line, column): (impl std::fmt::Display, impl std::fmt::Display),
+    (line, column): (u32, u32),
     context: &str,
     message: &str,
-) -> String {
-    let context = if context.is_empty() {
-        String::new()
+) -> Diagnostic {
+    let text = if context.is_empty() {
+        message.to_string()
     } else {
-        format!("{context}: ")
+        format!("{context}: {message}")
     };
-    format!("{}:{line}:{column}: {context}{message}", path.display())
+    Diagnostic::placed(
+        path,
+        (line as usize, column as usize),
+        Severity::Error,
+        &text,
+    )
 }
 
 /// The closest candidate to a misspelled `word`, if one is close enough to
