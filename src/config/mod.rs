@@ -19,6 +19,7 @@
 //! means the file is wrong and mcprom refuses it; a [`HostProblem`] means the
 //! host is not ready for one cluster, which `mcprom run` tolerates.
 
+mod consumers;
 mod decode;
 mod diagnostic;
 mod duration;
@@ -32,6 +33,10 @@ mod settings;
 pub mod validate;
 pub mod watch;
 
+pub use consumers::{
+    COMMAND_PATH, ConsumerAction, ConsumerSettings, DEFAULT_CONSUMER_DELAY,
+    DEFAULT_CONSUMER_TIMEOUT, PROMETHEUS_CONSUMER, WebEndpoint, resolve_program,
+};
 pub use diagnostic::{Diagnostic, Severity, render, stderr_wants_color};
 pub use duration::{format_duration, parse_duration};
 pub use error::ConfigError;
