@@ -392,12 +392,14 @@ timeout = "soon"
         ),
         format!("{p}:25:11: consumer \"vm\": key \"command\": the list is empty"),
         format!(
-            "{p}:30:21: consumer \"limited\": key \"clusters\": no [[cluster]] is named \"prdo\" (did you mean \"prod\"?)"
+            "{p}:30:21: consumer \"limited\": key \"clusters\": no [[cluster]] is named \"prdo\"\n"
         ),
         format!(
             "{p}:31:12: consumer \"limited\": key \"username\": it only applies to a url consumer"
         ),
-        format!("{p}:36:1: consumer \"typo\": unknown key \"delya\" (did you mean \"delay\"?)"),
+        format!("{p}:36:1: consumer \"typo\": unknown key \"delya\"\n"),
+        "= help: did you mean \"prod\"?".to_string(),
+        "= help: did you mean \"delay\"?".to_string(),
         format!(
             "{p}:40:12: consumer \"relative\": key \"command\": \"bin/reload\" is a relative path"
         ),
