@@ -74,7 +74,8 @@ pub(crate) fn from_str(text: &str) -> Option<FileConfig> {
     while blocks.peek().is_some() {
         let mut chunk = Vec::new();
         let mut size = 0;
-        while let Some(block) = blocks.next_if(|b| chunk.is_empty() || size + b.len() <= CHUNK_BYTES)
+        while let Some(block) =
+            blocks.next_if(|b| chunk.is_empty() || size + b.len() <= CHUNK_BYTES)
         {
             size += block.len();
             chunk.push(block.clone());
