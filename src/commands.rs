@@ -64,6 +64,7 @@ pub fn status_from_disk(settings: &Settings) -> StatusReport {
                 }
             })
             .collect(),
+        consumers: Vec::new(),
     }
 }
 
@@ -143,6 +144,10 @@ pub fn table(report: &StatusReport) -> String {
     line(header.to_vec());
     for row in &rows {
         line(row.iter().map(String::as_str).collect());
+    }
+    for c in &report.consumers {
+        out.push_str(&crate::consumers::status_line(c));
+        out.push('\n');
     }
     out
 }

@@ -82,6 +82,9 @@ pub struct ClusterReport {
 pub struct StatusReport {
     /// Every configured cluster.
     pub clusters: Vec<ClusterReport>,
+    /// Every `[[consumer]]` (`[prometheus]` is not among them).
+    #[serde(default)]
+    pub consumers: Vec<crate::consumers::ConsumerReport>,
 }
 
 /// Outcome of one cluster's rotation.
@@ -346,6 +349,7 @@ mod tests {
                 prometheus_jobs: None,
                 prometheus_targets_rejected: None,
             }],
+            consumers: vec![],
         };
         let json = serde_json::to_value(&report).unwrap();
         for key in [

@@ -219,7 +219,7 @@ impl ClassifyText for serde_json::Error {
 }
 
 /// Kills a process group when dropped (SIGKILL; an exited group is fine).
-struct GroupKiller(u32);
+pub(crate) struct GroupKiller(pub(crate) u32);
 
 impl Drop for GroupKiller {
     fn drop(&mut self) {

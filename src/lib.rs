@@ -27,6 +27,8 @@
 //! - [`token`]: the redacting [`token::Token`] and its claims.
 //! - [`sink`]: atomic token-file writes, adoption, locks.
 //! - [`reload`]: the coalescing Prometheus reloader.
+//! - [`consumers`]: `[[consumer]]`s, each reloaded on its own (a URL or a
+//!   command), with its own queue, coalescing and backoff.
 //! - [`consumer`]: which Prometheus jobs read the token files, and whether
 //!   their scrapes are rejected.
 //! - [`state`]: per-cluster status shared with reporting.
@@ -59,6 +61,7 @@
 //!                                                 │  Issuer (TokenRequest via apiserver)
 //!                                                 ├► Sink (atomic write)
 //!                                                 └► ReloadQueue ─► Reloader (POST /-/reload)
+//!                                                    └► one queue per [[consumer]] ─► URL or command
 //! State ◄── everyone
 //! ```
 //!
@@ -92,6 +95,7 @@ pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod consumer;
+pub mod consumers;
 pub mod control;
 #[cfg(feature = "demo")]
 pub mod demo;

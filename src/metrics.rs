@@ -50,7 +50,7 @@ fn seconds(t: SystemTime) -> f64 {
 #[derive(Debug)]
 struct StateCollector(Arc<State>);
 
-fn gauge_family<I>(
+pub(crate) fn gauge_family<I>(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
@@ -71,7 +71,7 @@ where
     Ok(())
 }
 
-fn counter_family<I>(
+pub(crate) fn counter_family<I>(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
@@ -223,6 +223,7 @@ impl Collector for StateCollector {
             Some(&Unit::Seconds),
             reloads.last_success.map(|t| (vec![], seconds(t))),
         )?;
+        crate::consumers::encode_metrics(e, &self.0)?;
         let config = self.0.config();
         gauge_family(
             e,

@@ -47,7 +47,8 @@ impl ReloadQueue {
         self.inner.generation.load(Ordering::SeqCst)
     }
 
-    async fn wait_beyond(&self, generation: u64) {
+    /// Returns once a request beyond `generation` has been made.
+    pub(crate) async fn wait_beyond(&self, generation: u64) {
         while self.generation() == generation {
             self.inner.notify.notified().await;
         }

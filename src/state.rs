@@ -150,6 +150,8 @@ pub struct State {
     /// Bumped by [`State::update_reloads`] only: the consumer waits on it
     /// instead of polling the reload counter.
     reloads_changed: watch::Sender<u64>,
+    /// Every `[[consumer]]`'s status.
+    consumers: crate::consumers::ConsumerStates,
 }
 
 impl Default for State {
@@ -161,6 +163,7 @@ impl Default for State {
             config: Mutex::default(),
             changed: watch::Sender::new(0),
             reloads_changed: watch::Sender::new(0),
+            consumers: Default::default(),
         }
     }
 }
@@ -243,6 +246,11 @@ impl State {
     /// A copy of every cluster's status, by name.
     pub fn clusters(&self) -> Vec<ClusterStatus> {
         self.lock().values().cloned().collect()
+    }
+
+    /// Every `[[consumer]]`'s status.
+    pub fn consumers(&self) -> &crate::consumers::ConsumerStates {
+        &self.consumers
     }
 
     /// Change the reload status.

@@ -284,6 +284,9 @@ impl Daemon {
                 .iter()
                 .map(control::ClusterReport::from_status)
                 .collect(),
+            consumers: (self.supervisor.state().consumers().all().iter())
+                .map(crate::consumers::ConsumerReport::from_status)
+                .collect(),
         }
     }
 

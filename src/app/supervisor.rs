@@ -114,6 +114,8 @@ pub struct Supervisor {
     /// Reads Prometheus's configuration and targets (`consumer`).
     consumer: Option<RunningReloader>,
     review_hooks: crate::consumer::ReviewHooks,
+    /// The `[[consumer]]`s, each with its own task and queue.
+    consumers: crate::consumers::ConsumerSet,
     settings: Settings,
 }
 
@@ -153,11 +155,13 @@ impl Supervisor {
             reloader: None,
             consumer: None,
             review_hooks: Default::default(),
+            consumers: Default::default(),
             settings: settings.clone(),
         };
         supervisor.lock_token_dirs(&settings)?;
         supervisor.sync_reloader(&settings.prometheus);
         supervisor.sync_consumer(&settings.prometheus);
+        supervisor.sync_consumers(&settings);
         supervisor.sync_clusters(&mut settings);
         if settings.clusters.is_empty() {
             warn!(
@@ -285,6 +289,16 @@ impl Supervisor {
         }
     }
 
+    /// Start, stop and restart `[[consumer]]`s as the settings say.
+    fn sync_consumers(&mut self, settings: &Settings) {
+        self.consumers.sync(
+            &settings.consumers,
+            &self.state,
+            &self.tracker,
+            &self.cancel,
+        );
+    }
+
     /// Start added clusters, stop removed ones, restart changed ones. An
     /// unchanged cluster keeps its rotator, and `settings` takes the
     /// rotator's `Arc` in place of its freshly parsed copy, so a reload of
@@ -350,7 +364,7 @@ impl Supervisor {
                 cluster.file_group.clone(),
             )
             .locked_by(self.locks.clone()),
-            reload: self.queue.clone(),
+            reload: self.consumers.handle(&cluster.name, self.queue.clone()),
             state: self.state.clone(),
             limiter: self.limiter.clone(),
             clock_jumps: self.clock_jumps.clone(),
@@ -384,6 +398,7 @@ impl Supervisor {
         self.lock_token_dirs(&settings)?;
         self.sync_reloader(&settings.prometheus);
         self.sync_consumer(&settings.prometheus);
+        self.sync_consumers(&settings);
         if settings.limits != self.settings.limits {
             // One semaphore bounds every rotator: a new limit means new
             // rotators. They adopt the tokens on disk, so this costs no

@@ -90,6 +90,7 @@ pub(crate) fn from_str(text: &str) -> Option<FileConfig> {
             || part.metrics.is_some()
             || part.control.is_some()
             || part.limits.is_some()
+            || !part.consumer.is_empty()
         {
             return None;
         }

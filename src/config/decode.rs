@@ -40,6 +40,7 @@ const TOP_LEVEL: &[&str] = &[
     "control",
     "limits",
     "cluster",
+    "consumer",
 ];
 
 /// Parses and deserializes `text`. Returns `None` (with problems in
@@ -75,6 +76,7 @@ pub(crate) fn decode(text: &str, report: &mut Report<'_>) -> Option<FileConfig> 
             "control" => file.control = entry(value, &path, &context, report),
             "limits" => file.limits = entry(value, &path, &context, report),
             "cluster" => file.cluster = clusters(value, report),
+            "consumer" => file.consumer = tables(value, "consumer", report),
             _ => {
                 let expected: Vec<String> = TOP_LEVEL.iter().map(|k| format!("`{k}`")).collect();
                 let serde_like = format!(
@@ -94,12 +96,21 @@ fn clusters<T: DeserializeOwned>(
     value: Spanned<DeValue<'_>>,
     report: &mut Report<'_>,
 ) -> Vec<Spanned<T>> {
+    tables(value, "cluster", report)
+}
+
+/// Every `[[section]]` entry that decodes; the others are reported.
+fn tables<T: DeserializeOwned>(
+    value: Spanned<DeValue<'_>>,
+    section: &str,
+    report: &mut Report<'_>,
+) -> Vec<Spanned<T>> {
     let span = value.span();
     let DeValue::Array(items) = value.into_inner() else {
-        let path = [Step::Key("cluster".to_string())];
+        let path = [Step::Key(section.to_string())];
         let (message, _) = explain(
             "invalid type: expected an array of tables",
-            "cluster",
+            section,
             &path,
             Hit::Value,
         );
@@ -113,8 +124,8 @@ fn clusters<T: DeserializeOwned>(
             .get("name")
             .and_then(|n| n.get_ref().as_str())
             .map(str::to_string);
-        let context = cluster_label(name.as_deref(), index);
-        let path = [Step::Key("cluster".to_string()), Step::Index(index)];
+        let context = entry_label(section, name.as_deref(), index);
+        let path = [Step::Key(section.to_string()), Step::Index(index)];
         out.extend(entry(item, &path, &context, report));
     }
     out
@@ -262,12 +273,17 @@ fn remove_in_value(value: &mut Spanned<DeValue<'_>>, path: &[Step]) -> bool {
     }
 }
 
+/// How messages name an entry of `[[section]]`: by name when it has one.
+pub(crate) fn entry_label(section: &str, name: Option<&str>, index: usize) -> String {
+    match name {
+        Some(name) => format!("{section} {name:?}"),
+        None => format!("{section} #{}", index + 1),
+    }
+}
+
 /// How messages name a cluster: by name when it has one.
 pub(crate) fn cluster_label(name: Option<&str>, index: usize) -> String {
-    match name {
-        Some(name) => format!("cluster {name:?}"),
-        None => format!("cluster #{}", index + 1),
-    }
+    entry_label("cluster", name, index)
 }
 
 /// Keys valid in each table, for "belongs elsewhere" hints.
@@ -337,8 +353,8 @@ fn explain(message: &str, key: &str, path: &[Step], hit: Hit) -> (String, Option
         Some(i) => format!("{}expected a table", &message[..i]),
         None => message.to_string(),
     };
-    let hint = if path.len() == 1 && key == "cluster" {
-        "write each cluster as a [[cluster]] table, with double brackets".to_string()
+    let hint = if path.len() == 1 && (key == "cluster" || key == "consumer") {
+        format!("write each {key} as a [[{key}]] table, with double brackets")
     } else if path.len() == 1 && hit == Hit::Value {
         format!("write [{key}] on a line of its own, followed by its keys")
     } else if leaf == "file_mode" {
@@ -390,6 +406,8 @@ fn example(key: &str) -> Option<&'static str> {
         "verify" => "verify = true",
         "verify_interval" => r#"verify_interval = "30m""#,
         "credentials" => "[cluster.credentials] followed by kubeconfig = \"...\"",
+        "command" => r#"command = ["/usr/bin/systemctl", "start", "vmagent-reload.service"]"#,
+        "clusters" => r#"clusters = ["prod", "staging"]"#,
         _ => return None,
     })
 }

@@ -29,6 +29,9 @@ pub struct FileConfig {
     /// `[[cluster]]` entries in file order.
     #[serde(default)]
     pub cluster: Vec<Spanned<ClusterFile>>,
+    /// `[[consumer]]` entries in file order.
+    #[serde(default)]
+    pub consumer: Vec<Spanned<ConsumerFile>>,
 }
 
 /// `[prometheus]`.
@@ -184,4 +187,31 @@ impl<'de> Deserialize<'de> for ModeValue {
         }
         deserializer.deserialize_any(ModeVisitor)
     }
+}
+
+/// One `[[consumer]]`: something besides `[prometheus]` to reload after
+/// token files change.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerFile {
+    /// Unique name (required; not "prometheus").
+    pub name: Option<Spanned<String>>,
+    /// Base URL: `POST {url}/-/reload` (exclusive with `command`).
+    pub url: Option<Spanned<String>>,
+    /// Argv to run, no shell (exclusive with `url`).
+    pub command: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Only rotations of these clusters (default: every cluster).
+    pub clusters: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Quiet period that coalesces rotations (default `2s`).
+    pub delay: Option<Spanned<String>>,
+    /// One reload request, or one command run (default `60s`).
+    pub timeout: Option<Spanned<String>>,
+    /// `url` only: CA of the web certificate (default: system roots).
+    pub ca_file: Option<Spanned<String>>,
+    /// `url` only: basic-auth user (requires `password_file`).
+    pub username: Option<Spanned<String>>,
+    /// `url` only: basic-auth password file (requires `username`).
+    pub password_file: Option<Spanned<String>>,
+    /// `url` only: bearer token file (exclusive with basic auth).
+    pub bearer_token_file: Option<Spanned<String>>,
 }

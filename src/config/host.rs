@@ -42,6 +42,7 @@ pub fn host_problems(settings: &Settings) -> Vec<HostProblem> {
             problems.extend(unreadable(&settings.path, None, key, path));
         }
     }
+    problems.extend(super::consumers::host_problems(settings));
     for cluster in &settings.clusters {
         for (key, path) in input_files(cluster) {
             problems.extend(unreadable(&settings.path, Some(cluster), key, &path));

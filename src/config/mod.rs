@@ -17,6 +17,7 @@
 //! host is not ready for one cluster, which `mcprom run` tolerates.
 
 mod chunked;
+mod consumers;
 mod decode;
 mod duration;
 mod error;
@@ -28,6 +29,10 @@ mod settings;
 pub mod validate;
 pub mod watch;
 
+pub use consumers::{
+    COMMAND_PATH, ConsumerAction, ConsumerSettings, DEFAULT_CONSUMER_DELAY,
+    DEFAULT_CONSUMER_TIMEOUT, PROMETHEUS_CONSUMER, WebEndpoint, resolve_program,
+};
 pub use duration::{format_duration, parse_duration};
 pub use error::ConfigError;
 pub use host::{HostProblem, host_problems, warnings};

@@ -25,6 +25,8 @@ pub struct Settings {
     pub limits: Limits,
     /// `[[cluster]]` entries, in file order, with `[defaults]` applied.
     pub clusters: Vec<std::sync::Arc<ClusterSettings>>,
+    /// `[[consumer]]` entries, in file order: reloaded besides `[prometheus]`.
+    pub consumers: Vec<super::ConsumerSettings>,
 }
 
 /// Whether mcprom asks Prometheus to reload after token files change.

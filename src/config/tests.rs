@@ -192,7 +192,7 @@ fn an_unknown_key_is_rejected_in_every_table() {
     }
     rejects(
         &format!("bogus = 1\n{example}"),
-        "/etc/mcprom.toml:1:1: unknown key \"bogus\" (valid keys here: prometheus, defaults, metrics, control, limits, cluster)",
+        "/etc/mcprom.toml:1:1: unknown key \"bogus\" (valid keys here: prometheus, defaults, metrics, control, limits, cluster, consumer)",
     );
 }
 

@@ -17,6 +17,8 @@ use super::file::{ClusterFile, CredentialsFile, DefaultsFile, FileConfig, ModeVa
 use super::report::{Report, did_you_mean};
 use super::settings::*;
 
+mod consumers;
+
 const DEFAULT_PROMETHEUS_URL: &str = "http://127.0.0.1:9090";
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_DELAY: Duration = Duration::from_secs(2);
@@ -196,6 +198,12 @@ impl Validator<'_> {
                 }
             },
         };
+        let cluster_names: Vec<String> = file
+            .cluster
+            .iter()
+            .filter_map(|c| c.get_ref().name.as_ref().map(|n| n.get_ref().clone()))
+            .collect();
+        let consumers = self.consumers(file.consumer, &cluster_names);
         let clusters = self.clusters(file.cluster, &defaults);
         Settings {
             path: self.path.clone(),
@@ -207,6 +215,7 @@ impl Validator<'_> {
                 exec_timeout,
             },
             clusters: clusters.into_iter().map(std::sync::Arc::new).collect(),
+            consumers,
         }
     }
 

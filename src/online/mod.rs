@@ -10,6 +10,8 @@
 //! exists; and a warning when a legacy, never-expiring token Secret still
 //! exists for the ServiceAccount. For Prometheus, unless `reload = "never"`:
 //! reachable, ready, and its lifecycle API enabled (`/api/v1/status/flags`).
+//! Per `[[consumer]]`: a url answers `GET /-/ready`; a command's program is
+//! an executable (it is not run).
 //!
 //! Where mcprom's identity may not read what a check needs (least
 //! privilege: it needs nothing but `create serviceaccounts/token`), the line
@@ -31,6 +33,7 @@ use tokio::sync::Semaphore;
 use crate::config::{ClusterSettings, Settings};
 
 mod cluster;
+mod consumers;
 mod local;
 mod prometheus;
 mod tls;
@@ -226,6 +229,11 @@ pub async fn run(settings: &Settings, mint: bool) -> Summary {
         .collect();
     let jobs = tokio::spawn(check_prometheus_jobs(settings.prometheus.clone(), clusters));
     sections.push(("Prometheus jobs".to_owned(), jobs));
+    for consumer in &settings.consumers {
+        let title = consumers::title(consumer);
+        let task = tokio::spawn(consumers::check_consumer(consumer.clone()));
+        sections.push((title, task));
+    }
     let mut summary = Summary::default();
     for (title, task) in sections {
         let section = task.await.unwrap_or_else(|e| {
