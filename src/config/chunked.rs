@@ -233,6 +233,9 @@ mod tests {
         );
         for i in 0..1500 {
             text.push_str(&cluster(i));
+            if i == 300 {
+                text.push_str("[[consumer]]\nname = \"vm\"\nclusters = [\"c1\",\n  \"c2\"]\n");
+            }
             if i == 700 {
                 text.push_str("[limits]\nconcurrent_requests = 4\n");
             }
