@@ -30,6 +30,9 @@ use super::file::FileConfig;
 /// ~400 clusters, ~1.5 MB of transient parser memory.
 const CHUNK_BYTES: usize = 64 * 1024;
 
+/// A token: its kind and where it is.
+type Lexed = (TokenKind, Range<usize>);
+
 /// What a top-level table header opens.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Header {
@@ -114,7 +117,7 @@ fn layout(text: &str) -> Layout {
     // Open `[`/`{` of values; at the start of a line; inside a header line.
     let mut depth = 0usize;
     let mut line_start = true;
-    let mut header: Option<(usize, Vec<(TokenKind, Range<usize>)>)> = None;
+    let mut header: Option<(usize, Vec<Lexed>)> = None;
     let close = |blocks: &mut Vec<Range<usize>>, in_block: &mut bool, at: usize| {
         if *in_block {
             if let Some(last) = blocks.last_mut() {
@@ -174,7 +177,7 @@ fn layout(text: &str) -> Layout {
 }
 
 /// What the tokens of one header line (from its first `[`) open.
-fn classify(text: &str, tokens: &[(TokenKind, Range<usize>)]) -> Header {
+fn classify(text: &str, tokens: &[Lexed]) -> Header {
     let mut rest = tokens
         .iter()
         .filter(|(kind, _)| !matches!(kind, TokenKind::Whitespace));
