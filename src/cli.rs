@@ -88,6 +88,17 @@ pub enum Command {
         /// to the files the jobs read.
         #[arg(long)]
         write_ca: bool,
+        /// How Prometheus discovers the nodes: `api-server` (api_server plus the
+        /// job's token file and CA) or `kubeconfig` (kubeconfig_file: the
+        /// kubeconfig mcprom writes for each cluster; needs kubeconfig_file or
+        /// [defaults] kubeconfig_dir). The scrapes use the token file either way.
+        #[arg(
+            long,
+            value_enum,
+            default_value = "api-server",
+            conflicts_with = "static_nodes"
+        )]
+        discovery: crate::render::scrape::Discovery,
     },
     /// Store a first token, read from stdin, for a self-renewing cluster.
     ///
@@ -130,12 +141,14 @@ pub fn main() -> ExitCode {
             cluster,
             static_nodes,
             write_ca,
+            discovery,
         } => runtime().and_then(|rt| {
             rt.block_on(crate::onboarding::scrape_config(
                 &cli.config,
                 cluster.as_deref(),
                 static_nodes,
                 write_ca,
+                discovery,
             ))
         }),
         Command::Seed { cluster } => {

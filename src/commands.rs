@@ -61,6 +61,7 @@ pub fn status_from_disk(settings: &Settings) -> StatusReport {
                     rejections: 0,
                     prometheus_jobs: None,
                     prometheus_targets_rejected: None,
+                    kubeconfig_file: c.kubeconfig_file.clone(),
                 }
             })
             .collect(),

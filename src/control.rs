@@ -75,6 +75,10 @@ pub struct ClusterReport {
     /// when unknown.
     #[serde(default)]
     pub prometheus_targets_rejected: Option<u64>,
+    /// The kubeconfig mcprom writes for the cluster (`kubeconfig_file`);
+    /// null when none is configured.
+    #[serde(default)]
+    pub kubeconfig_file: Option<PathBuf>,
 }
 
 /// The `status --json` document.
@@ -153,6 +157,7 @@ impl ClusterReport {
             rejections: s.rejections,
             prometheus_jobs: s.prometheus_jobs.clone(),
             prometheus_targets_rejected: s.prometheus_targets_rejected,
+            kubeconfig_file: s.kubeconfig_file.clone(),
         }
     }
 }
@@ -348,6 +353,7 @@ mod tests {
                 rejections: 0,
                 prometheus_jobs: None,
                 prometheus_targets_rejected: None,
+                kubeconfig_file: None,
             }],
             consumers: vec![],
         };

@@ -26,6 +26,8 @@
 //!   chain and its limits, `mcprom seed`.
 //! - [`token`]: the redacting [`token::Token`] and its claims.
 //! - [`sink`]: atomic token-file writes, adoption, locks.
+//! - [`kubeconfig`]: the kubeconfig per cluster whose user reads the token
+//!   file (`kubeconfig_file`, `[defaults] kubeconfig_dir`).
 //! - [`reload`]: the coalescing Prometheus reloader.
 //! - [`consumers`]: `[[consumer]]`s, each reloaded on its own (a URL or a
 //!   command), with its own queue, coalescing and backoff.
@@ -102,6 +104,7 @@ pub mod demo;
 pub mod exec;
 pub mod exit;
 pub mod issuer;
+pub mod kubeconfig;
 pub mod logging;
 pub mod metrics;
 pub mod notify;

@@ -84,12 +84,13 @@ pub fn rbac(config_path: &Path, cluster: Option<&str>) -> Result<(), u8> {
     print(&yaml)
 }
 
-/// `mcprom scrape-config [CLUSTER] [--static] [--write-ca]`.
+/// `mcprom scrape-config [CLUSTER] [--static] [--write-ca] [--discovery FORM]`.
 pub async fn scrape_config(
     config_path: &Path,
     cluster: Option<&str>,
     static_form: bool,
     write_ca: bool,
+    discovery: scrape::Discovery,
 ) -> Result<(), u8> {
     let settings = load(config_path)?;
     let Some(clusters) = to_render(&settings, cluster)? else {
@@ -111,7 +112,13 @@ pub async fn scrape_config(
         } else {
             None
         };
-        match scrape::cluster_jobs(cluster, nodes.as_deref()) {
+        let jobs = scrape::cluster_jobs(cluster, nodes.as_deref()).and_then(|mut jobs| {
+            if discovery == scrape::Discovery::Kubeconfig {
+                jobs.discover_with_kubeconfig(cluster)?;
+            }
+            Ok(jobs)
+        });
+        match jobs {
             Ok(jobs) => all.push(jobs),
             Err(e) => errors.push(e),
         }

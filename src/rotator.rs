@@ -835,6 +835,7 @@ mod tests {
                 name: "prom".into(),
             },
             token_file: "/nonexistent/c1.token".into(),
+            kubeconfig_file: None,
             audiences: vec![],
             expiration: Duration::from_secs(3600),
             refresh_at: 0.8,

@@ -68,6 +68,8 @@ pub struct ClusterStatus {
     pub prometheus_jobs: Option<Vec<String>>,
     /// Targets of those jobs failing with 401/403 now (`None`: unknown).
     pub prometheus_targets_rejected: Option<u64>,
+    /// The kubeconfig written for the cluster (`None`: none configured).
+    pub kubeconfig_file: Option<PathBuf>,
 }
 
 impl ClusterStatus {
@@ -92,6 +94,7 @@ impl ClusterStatus {
             rejections: 0,
             prometheus_jobs: None,
             prometheus_targets_rejected: None,
+            kubeconfig_file: None,
         }
     }
 

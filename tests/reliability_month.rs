@@ -222,6 +222,7 @@ fn cluster(name: &str, lifetime: Duration, refresh_at: f64) -> Arc<ClusterSettin
             name: "prometheus-test".into(),
         },
         token_file: format!("/nonexistent/{name}.token").into(),
+        kubeconfig_file: None,
         audiences: vec![],
         expiration: lifetime,
         refresh_at,

@@ -344,13 +344,20 @@ impl Supervisor {
     /// The rotator shares the settings' `Arc`: 10,000 clusters are not
     /// held twice.
     fn spawn_cluster(&mut self, cluster: Arc<ClusterSettings>) {
+        // Before the cluster's first token, so before any reload: a
+        // consumer configured with the kubeconfig finds it in place.
+        if cluster.kubeconfig_file.is_some() {
+            crate::kubeconfig::ensure_logged(&cluster);
+        }
         let cancel = self.cancel.child_token();
         let commands = RotateRequests::new();
-        self.state.insert(ClusterStatus::new(
+        let mut status = ClusterStatus::new(
             &cluster.name,
             cluster.service_account.to_string(),
             cluster.token_file.clone(),
-        ));
+        );
+        status.kubeconfig_file = cluster.kubeconfig_file.clone();
+        self.state.insert(status);
         let rotator = Rotator {
             issuer: ClusterIssuer::new(
                 cluster.clone(),
@@ -358,12 +365,15 @@ impl Supervisor {
                 REQUEST_TIMEOUT,
                 self.settings.limits.exec_timeout,
             ),
-            sink: FileSink::new(
-                cluster.token_file.clone(),
-                cluster.file_mode,
-                cluster.file_group.clone(),
-            )
-            .locked_by(self.locks.clone()),
+            sink: crate::kubeconfig::WithKubeconfig::new(
+                FileSink::new(
+                    cluster.token_file.clone(),
+                    cluster.file_mode,
+                    cluster.file_group.clone(),
+                )
+                .locked_by(self.locks.clone()),
+                cluster.clone(),
+            ),
             reload: self.consumers.handle(&cluster.name, self.queue.clone()),
             state: self.state.clone(),
             limiter: self.limiter.clone(),

@@ -300,7 +300,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "bearer_token_file",
         ],
     ),
-    ("[defaults]", &["token_dir"]),
+    ("[defaults]", &["token_dir", "kubeconfig_dir"]),
     ("[metrics]", &["listen"]),
     ("[control]", &["socket"]),
     ("[limits]", &["concurrent_requests", "exec_timeout"]),
@@ -316,6 +316,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "service_account",
             "audiences",
             "max_chain_age",
+            "kubeconfig_file",
         ],
     ),
 ];

@@ -74,6 +74,8 @@ pub struct DefaultsFile {
     pub verify: Option<Spanned<bool>>,
     /// How often the token in use is reviewed (default `1h`).
     pub verify_interval: Option<Spanned<String>>,
+    /// Write `{kubeconfig_dir}/{name}.kubeconfig` for every cluster (default: unset, none).
+    pub kubeconfig_dir: Option<Spanned<String>>,
 }
 
 /// `[metrics]`.
@@ -118,6 +120,8 @@ pub struct ClusterFile {
     pub service_account: Option<Spanned<String>>,
     /// Output token file (default `{token_dir}/{name}.token`).
     pub token_file: Option<Spanned<String>>,
+    /// Output kubeconfig using the token file (default `{kubeconfig_dir}/{name}.kubeconfig`, or none).
+    pub kubeconfig_file: Option<Spanned<String>>,
     /// Requested audiences (default: none, the API server's default).
     pub audiences: Option<Spanned<Vec<Spanned<String>>>>,
     /// Overrides `[defaults] expiration`.

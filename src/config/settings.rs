@@ -143,6 +143,9 @@ pub struct ClusterSettings {
     pub service_account: ServiceAccountRef,
     /// Where the token is written (default `{token_dir}/{name}.token`).
     pub token_file: PathBuf,
+    /// Where a kubeconfig using `token_file` is written (`kubeconfig_file`,
+    /// default `{kubeconfig_dir}/{name}.kubeconfig`; `None`: not written).
+    pub kubeconfig_file: Option<PathBuf>,
     /// Requested audiences (empty: the API server's default).
     pub audiences: Vec<String>,
     /// Requested lifetime (default 1 h).
@@ -258,6 +261,7 @@ impl ClusterSettings {
                 name: "prometheus".into(),
             },
             token_file: "/var/lib/mcprom/tokens/prod.token".into(),
+            kubeconfig_file: None,
             audiences: vec![],
             expiration: Duration::from_secs(3600),
             refresh_at: 0.8,

@@ -602,6 +602,7 @@ fn defaults_are_applied() {
                 name: "prometheus".to_string(),
             },
             token_file: PathBuf::from("/var/lib/mcprom/tokens/prod.token"),
+            kubeconfig_file: None,
             audiences: vec![],
             expiration: Duration::from_secs(3600),
             refresh_at: 0.8,

@@ -107,6 +107,7 @@ struct Defaults {
     file_mode: u32,
     file_group: Option<String>,
     verify: Verify,
+    kubeconfig_dir: Option<PathBuf>,
 }
 
 /// A file a cluster reads: the key naming it, the resolved path, and the
@@ -118,6 +119,7 @@ struct ClusterFiles {
     label: String,
     offset: usize,
     token_file_offset: Option<usize>,
+    kubeconfig_file_offset: Option<usize>,
     inputs: Vec<InputFile>,
     self_renew: bool,
 }
@@ -513,6 +515,10 @@ impl Validator<'_> {
                     })
                     .unwrap_or(DEFAULT_VERIFY_INTERVAL),
             },
+            kubeconfig_dir: file
+                .kubeconfig_dir
+                .as_ref()
+                .and_then(|d| self.path_value(d, CX, "kubeconfig_dir")),
         }
     }
 
@@ -552,6 +558,7 @@ impl Validator<'_> {
             }
         }
         self.cross_check_files(&out, &files);
+        self.cross_check_kubeconfigs(&out, &files);
         out
     }
 
@@ -640,6 +647,11 @@ impl Validator<'_> {
             (Some(p), _) => self.path_value(p, cx, "token_file"),
             (None, Some(name)) => Some(defaults.token_dir.join(format!("{name}.token"))),
             (None, None) => None,
+        };
+        let kubeconfig_file = match (&c.kubeconfig_file, &name, &defaults.kubeconfig_dir) {
+            (Some(p), _, _) => self.path_value(p, cx, "kubeconfig_file"),
+            (None, Some(name), Some(dir)) => Some(dir.join(format!("{name}.kubeconfig"))),
+            _ => None,
         };
         let mut audiences = Vec::new();
         for audience in c.audiences.iter().flat_map(|a| a.get_ref()) {
@@ -745,6 +757,7 @@ impl Validator<'_> {
             label: cx.to_string(),
             offset,
             token_file_offset: c.token_file.as_ref().map(|t| t.span().start),
+            kubeconfig_file_offset: c.kubeconfig_file.as_ref().map(|k| k.span().start),
             inputs,
             self_renew,
         };
@@ -755,6 +768,7 @@ impl Validator<'_> {
             insecure_skip_tls_verify,
             service_account: service_account?,
             token_file: token_file?,
+            kubeconfig_file,
             audiences,
             expiration: expiration?,
             refresh_at: refresh_at?,
@@ -966,6 +980,84 @@ impl Validator<'_> {
                     self.error(at, &f.label, message);
                 }
             }
+        }
+    }
+}
+
+impl Validator<'_> {
+    /// Kubeconfig files written twice, or written over a token file, a
+    /// file some cluster reads, or the config file itself.
+    fn cross_check_kubeconfigs(&mut self, clusters: &[ClusterSettings], files: &[ClusterFiles]) {
+        if clusters.iter().all(|c| c.kubeconfig_file.is_none()) {
+            return;
+        }
+        // As in `cross_check_files`: each directory resolved once.
+        let mut dirs: HashMap<PathBuf, PathBuf> = HashMap::new();
+        let mut resolve = |path: &Path| -> PathBuf {
+            let dir = path.parent().unwrap_or(Path::new("/")).to_path_buf();
+            let resolved = dirs
+                .entry(dir)
+                .or_insert_with_key(|dir| super::resolved_dir(&dir.join("x")));
+            match path.file_name() {
+                Some(name) => resolved.join(name),
+                None => path.to_path_buf(),
+            }
+        };
+        // What each path already is: the config file, or a file of cluster
+        // `i` (its key and where it is set). Described only on a clash.
+        enum Owner {
+            Config,
+            Of(usize, &'static str, usize),
+        }
+        let mut taken: HashMap<PathBuf, Owner> = HashMap::new();
+        taken.insert(resolve(&self.path), Owner::Config);
+        for (i, (cluster, f)) in clusters.iter().zip(files).enumerate() {
+            let at = f.token_file_offset.unwrap_or(f.offset);
+            taken
+                .entry(resolve(&cluster.token_file))
+                .or_insert(Owner::Of(i, "token_file", at));
+            for (key, path, at) in &f.inputs {
+                taken.entry(resolve(path)).or_insert(Owner::Of(i, key, *at));
+            }
+        }
+        for (i, (cluster, f)) in clusters.iter().zip(files).enumerate() {
+            let Some(kubeconfig) = &cluster.kubeconfig_file else {
+                continue;
+            };
+            let at = f.kubeconfig_file_offset.unwrap_or(f.offset);
+            let key = if f.kubeconfig_file_offset.is_some() {
+                "key \"kubeconfig_file\""
+            } else {
+                "key \"kubeconfig_file\" (defaulted to {kubeconfig_dir}/{name}.kubeconfig)"
+            };
+            let resolved = resolve(kubeconfig);
+            let owner = match taken.get(&resolved) {
+                None => {
+                    taken.insert(resolved, Owner::Of(i, "kubeconfig_file", at));
+                    continue;
+                }
+                // Already reported as a duplicate name.
+                Some(Owner::Of(j, "kubeconfig_file", _)) if clusters[*j].name == cluster.name => {
+                    continue;
+                }
+                Some(Owner::Config) => "the config file itself".to_owned(),
+                Some(Owner::Of(j, other, where_)) => format!(
+                    "{}the {other} of {} (line {})",
+                    if *other == "kubeconfig_file" {
+                        "also "
+                    } else {
+                        ""
+                    },
+                    files[*j].label,
+                    self.report.line(*where_)
+                ),
+            };
+            let message = format!(
+                "{key}: {} is {owner}; mcprom would overwrite it with the kubeconfig it \
+                 writes (give each cluster its own kubeconfig_file)",
+                kubeconfig.display()
+            );
+            self.error(at, &f.label, message);
         }
     }
 }

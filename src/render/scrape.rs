@@ -34,6 +34,16 @@ use crate::config::{ClusterSettings, Credentials};
 /// so this holds thousands of nodes.
 const MAX_NODE_LIST: usize = 64 << 20;
 
+/// How the jobs discover nodes (`mcprom scrape-config --discovery`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Discovery {
+    /// `api_server` with the job's token file and CA (the default).
+    #[default]
+    ApiServer,
+    /// `kubeconfig_file`: the kubeconfig mcprom writes for the cluster.
+    Kubeconfig,
+}
+
 /// How Prometheus should verify a cluster's API server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ca {
@@ -206,17 +216,27 @@ pub struct TlsConfig {
     pub insecure_skip_verify: Option<bool>,
 }
 
-/// `kubernetes_sd_configs` entry: nodes through the cluster's API server.
+/// `kubernetes_sd_configs` entry: nodes through the cluster's API server,
+/// reached either by `api_server` and the job's own credential and TLS
+/// settings, or by mcprom's `kubeconfig_file` alone (Prometheus refuses
+/// `kubeconfig_file` together with `api_server`, `authorization`,
+/// `tls_config` or `proxy_url`).
 #[derive(Debug, Clone, Serialize)]
 pub struct KubernetesSdConfig {
     /// Always `node`.
     pub role: String,
-    /// The API server, prefix included.
-    pub api_server: String,
-    /// Same token file.
-    pub authorization: Authorization,
-    /// Same verification.
-    pub tls_config: TlsConfig,
+    /// The API server, prefix included (not with `kubeconfig_file`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_server: Option<String>,
+    /// The kubeconfig mcprom writes (`--discovery kubeconfig`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kubeconfig_file: Option<PathBuf>,
+    /// Same token file (not with `kubeconfig_file`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authorization: Option<Authorization>,
+    /// Same verification (not with `kubeconfig_file`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_config: Option<TlsConfig>,
     /// The kubeconfig's proxy.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub proxy_url: Option<String>,
@@ -342,9 +362,10 @@ pub fn job(
         None => (
             Some(vec![KubernetesSdConfig {
                 role: "node".into(),
-                api_server: endpoint.api_server(),
-                authorization: authorization.clone(),
-                tls_config: tls_config.clone(),
+                api_server: Some(endpoint.api_server()),
+                kubeconfig_file: None,
+                authorization: Some(authorization.clone()),
+                tls_config: Some(tls_config.clone()),
                 proxy_url: endpoint.proxy_url.clone(),
             }]),
             None,
@@ -420,6 +441,38 @@ pub fn cluster_jobs(
         endpoint,
         jobs,
     })
+}
+
+impl ClusterJobs {
+    /// Discover nodes through the kubeconfig mcprom writes for the cluster
+    /// (`--discovery kubeconfig`) instead of `api_server` and the job's own
+    /// settings. The scrapes themselves still go through the API server's
+    /// node proxy with the token file and CA of the job.
+    pub fn discover_with_kubeconfig(
+        &mut self,
+        cluster: &ClusterSettings,
+    ) -> Result<(), RenderError> {
+        let Some(kubeconfig) = &cluster.kubeconfig_file else {
+            return Err(RenderError::cluster(
+                cluster,
+                "--discovery kubeconfig needs the kubeconfig mcprom writes for the cluster: set \
+                 kubeconfig_file in its [[cluster]] or kubeconfig_dir in [defaults]",
+            ));
+        };
+        for job in &mut self.jobs {
+            for sd in job.kubernetes_sd_configs.iter_mut().flatten() {
+                *sd = KubernetesSdConfig {
+                    role: sd.role.clone(),
+                    api_server: None,
+                    kubeconfig_file: Some(kubeconfig.clone()),
+                    authorization: None,
+                    tls_config: None,
+                    proxy_url: None,
+                };
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A complete Prometheus configuration holding only the jobs, with a
@@ -573,7 +626,7 @@ mod tests {
         );
         let sd = &cadvisor.kubernetes_sd_configs.as_ref().unwrap()[0];
         assert_eq!(
-            sd.api_server,
+            sd.api_server.as_deref().unwrap(),
             "https://rancher.example.com/k8s/clusters/c-m-abc12"
         );
         assert_eq!(
