@@ -336,6 +336,10 @@ struct Row {
     peak_rss_mib: f64,
     edit_dropin_ms: f64,
     edit_main_ms: f64,
+    /// VmHWM of each daemon: 1 h tokens (cold start, idle, edits) and
+    /// 10 s tokens (cold start, steady state).
+    peak_rss_edits_mib: f64,
+    peak_rss_steady_mib: f64,
     cold_cpu_mcprom: f64,
     cold_cpu_sim: f64,
 }
@@ -451,7 +455,9 @@ fn measure(n: usize, args: &Args, dir: &Path) -> Row {
     row.cpu_per_rotation_ms = (cpu1 - cpu0) / rotations * 1000.0;
     // The higher of the two daemons' peaks: 1 h tokens (cold start, idle,
     // edits) and 10 s tokens (cold start, steady state).
-    row.peak_rss_mib = first_peak.max(status_field(pid, "VmHWM:") as f64 / 1024.0);
+    row.peak_rss_edits_mib = first_peak;
+    row.peak_rss_steady_mib = status_field(pid, "VmHWM:") as f64 / 1024.0;
+    row.peak_rss_mib = first_peak.max(row.peak_rss_steady_mib);
     drop(daemon);
     row
 }
@@ -558,6 +564,7 @@ fn main() {
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     let mut thousand = None;
     let mut dirs = Vec::new();
+    let mut peaks = Vec::new();
     for &n in &args.clusters {
         let dir = std::env::temp_dir().join(format!("mcprom-bench-{}-{n}", std::process::id()));
         let row = measure(n, &args, &dir);
@@ -578,9 +585,16 @@ fn main() {
             row.edit_dropin_ms,
             row.edit_main_ms
         );
+        peaks.push((n, row.peak_rss_edits_mib, row.peak_rss_steady_mib));
         if n == 1000 {
             thousand = Some(row);
         }
+    }
+    println!();
+    for (n, edits, steady) in peaks {
+        println!(
+            "peak RSS at N = {n}: {edits:.1} MiB with 1 h tokens (cold start, idle, edits), {steady:.1} MiB with 10 s tokens (cold start, steady state)"
+        );
     }
     if let Some(row) = thousand {
         // 1,000 clusters with 1 h tokens refreshed at 80 %: 1,250 rotations an hour.

@@ -52,8 +52,8 @@ pub(crate) fn decode(text: &str, report: &mut Report<'_>) -> Option<FileConfig> 
     // slower road below, which keeps the parsed document to locate each
     // problem: for 10,000 clusters that document is tens of megabytes, and
     // a daemon's peak memory should not be set by reading a file that was
-    // fine.
-    if let Ok(file) = toml::from_str::<FileConfig>(text) {
+    // fine (`chunked` reads it a few hundred clusters at a time).
+    if let Some(file) = super::chunked::from_str(text) {
         return Some(file);
     }
     let (root, errors) = DeTable::parse_recoverable(text);

@@ -21,6 +21,7 @@
 //! means the file is wrong and mcprom refuses it; a [`HostProblem`] means the
 //! host is not ready for one cluster, which `mcprom run` tolerates.
 
+mod chunked;
 mod consumers;
 mod decode;
 mod diagnostic;
