@@ -338,18 +338,23 @@ fn mcprom_check_covers_the_main_file_and_every_drop_in() {
     std::fs::write(dir.join("README"), "not toml at all [").unwrap();
     let out = mcprom(&["check"], &main);
     assert_eq!(out.status.code(), Some(78), "{}", stderr(&out));
-    let problems: Vec<String> = stderr(&out).lines().map(str::to_owned).collect();
+    // Each problem's first line (`mcprom check` draws the source line and a
+    // caret below it).
+    let problems: Vec<String> = stderr(&out)
+        .lines()
+        .filter(|l| l.starts_with('/'))
+        .map(str::to_owned)
+        .collect();
     assert_eq!(
         problems,
         [
             format!(
-                "{}:3:19: cluster \"c2\": key \"service_account\": \"no-slash\" has no '/' (write namespace/name, e.g. \"kube-system/prometheus\")",
+                "{}:3:19: cluster \"c2\": key \"service_account\": \"no-slash\" has no '/'",
                 dir.join("b.toml").display()
             ),
             format!(
-                "{}:1:1: [limits] is not allowed in a drop-in file: a drop-in holds only [[cluster]] tables (set [limits] in {})",
+                "{}:1:1: [limits] is not allowed in a drop-in file: a drop-in holds only [[cluster]] tables",
                 dir.join("c.toml").display(),
-                main.display()
             ),
         ],
         "{}",
@@ -366,5 +371,47 @@ fn mcprom_check_covers_the_main_file_and_every_drop_in() {
             main.display(),
             dir.display()
         )
+    );
+}
+
+#[test]
+fn a_consumer_may_name_a_cluster_of_a_drop_in_but_not_one_no_file_has() {
+    let w = World::new(&Conf::default(), 2);
+    w.put("c2.toml", &["c2"]);
+    let main = std::fs::read_to_string(&w.main).unwrap();
+    let consumer = |clusters: &str| {
+        format!(
+            "{main}\n[[consumer]]\nname = \"agent\"\ncommand = [\"/bin/true\"]\nclusters = [{clusters}]\n{}",
+            w.tables(&["c1"])
+        )
+    };
+    // c1 lives in the main file, c2 in the drop-in.
+    std::fs::write(&w.main, consumer("\"c1\", \"c2\"")).unwrap();
+    let out = mcprom(&["check"], &w.main);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // c3 is in no file: refused at the name, in the main file.
+    std::fs::write(&w.main, consumer("\"c2\", \"c3\"")).unwrap();
+    let out = mcprom(&["check"], &w.main);
+    assert_eq!(out.status.code(), Some(78), "{}", stderr(&out));
+    let text = std::fs::read_to_string(&w.main).unwrap();
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("clusters = [\"c2\""))
+        .expect("the clusters line")
+        + 1;
+    let first = stderr(&out).lines().next().unwrap_or_default().to_owned();
+    assert_eq!(
+        first,
+        format!(
+            "{}:{line}:19: consumer \"agent\": key \"clusters\": no [[cluster]] is named \"c3\"",
+            w.main.display()
+        ),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("help: did you mean"),
+        "{}",
+        stderr(&out)
     );
 }

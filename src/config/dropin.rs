@@ -239,7 +239,7 @@ impl Loader {
             _ => {
                 self.main = None;
                 let (main, error) = match super::config_text(&self.path, bytes) {
-                    Ok(text) => validate::validate_main(&text, &self.path),
+                    Ok(text) => validate::validate_main(&text, &self.path, true),
                     Err(error) => (None, Some(error)),
                 };
                 let Some(main) = main else {
@@ -346,6 +346,9 @@ impl Loader {
             files.push((path, &fragment.clusters, &fragment.origins));
         }
         errors.extend(cross_check(&files));
+        if let Some(error) = unresolved_consumer_clusters(&self.path, &main.unresolved, &files) {
+            errors.push(error);
+        }
         if let Some(error) = ConfigError::combine(&self.path, errors) {
             return Reread::Read(Err(error));
         }
@@ -360,6 +363,46 @@ impl Loader {
         }
         Reread::Read(Ok(settings))
     }
+}
+
+/// The names in `[[consumer]]` `clusters` lists that the main file left to
+/// its drop-ins and no file defines: one problem each, at the name.
+fn unresolved_consumer_clusters(
+    main: &Path,
+    unresolved: &[validate::Unresolved],
+    files: &[FileClusters<'_>],
+) -> Option<ConfigError> {
+    if unresolved.is_empty() {
+        return None;
+    }
+    let known: Vec<&str> = files
+        .iter()
+        .flat_map(|(_, clusters, _)| clusters.iter().map(|c| c.name.as_str()))
+        .collect();
+    let problems: Vec<_> = unresolved
+        .iter()
+        .filter(|u| !known.contains(&u.name.as_str()))
+        .map(|u| {
+            let hint = match super::did_you_mean(&u.name, &known) {
+                Some(best) => format!("did you mean {best:?}?"),
+                None if known.is_empty() => "no file defines a [[cluster]]".to_string(),
+                None => "not in the main file nor in any drop-in".to_string(),
+            };
+            problem_at(
+                main,
+                u.at,
+                &u.context,
+                &format!(
+                    "key \"clusters\": no [[cluster]] is named {:?} ({hint})",
+                    u.name
+                ),
+            )
+        })
+        .collect();
+    (!problems.is_empty()).then(|| ConfigError::Invalid {
+        path: main.to_path_buf(),
+        problems,
+    })
 }
 
 fn sha256(bytes: &[u8]) -> [u8; 32] {

@@ -78,7 +78,7 @@ fn normalize(path: &Path) -> PathBuf {
 /// Validates `text` as the file at `path` (absolute), on its own: the
 /// settings hold its clusters only, no drop-in's.
 pub(crate) fn validate(text: &str, path: &Path) -> Result<Settings, ConfigError> {
-    match validate_main(text, path) {
+    match validate_main(text, path, false) {
         (_, Some(error)) => Err(error),
         (Some(main), None) => Ok(main.settings),
         (None, None) => unreachable!("a file that does not decode is reported"),
@@ -107,12 +107,33 @@ pub(crate) struct Main {
     pub(crate) defaults: Arc<Defaults>,
     /// One per cluster of `settings`.
     pub(crate) origins: Vec<Origin>,
+    /// Names in a `[[consumer]]`'s `clusters` that no cluster of this file
+    /// has: left for the drop-ins (see [`Unresolved`]).
+    pub(crate) unresolved: Vec<Unresolved>,
+}
+
+/// A name in a `[[consumer]]`'s `clusters` that the main file does not
+/// define: a drop-in may. Checked once every file is read.
+#[derive(Debug, Clone)]
+pub(crate) struct Unresolved {
+    /// The name as written.
+    pub(crate) name: String,
+    /// Where, in the main file.
+    pub(crate) at: Position,
+    /// The consumer (`consumer "vmagent"`).
+    pub(crate) context: String,
 }
 
 /// Validates the main file at `path` (absolute). Returns what is valid
 /// even when there are problems (so the drop-ins can be checked too), and
-/// `None` only when the file does not decode at all.
-pub(crate) fn validate_main(text: &str, path: &Path) -> (Option<Main>, Option<ConfigError>) {
+/// `None` only when the file does not decode at all. With `dropins`, a
+/// consumer's `clusters` may name clusters the drop-ins define: the names
+/// this file lacks come back in [`Main::unresolved`] instead of as errors.
+pub(crate) fn validate_main(
+    text: &str,
+    path: &Path,
+    dropins: bool,
+) -> (Option<Main>, Option<ConfigError>) {
     let mut report = Report::new(path, text);
     let Some(file) = decode(text, &mut report) else {
         return (None, report.into_error());
@@ -122,12 +143,15 @@ pub(crate) fn validate_main(text: &str, path: &Path) -> (Option<Main>, Option<Co
         report,
         base,
         path: path.to_path_buf(),
+        defer_clusters: dropins,
+        unresolved: Vec::new(),
     };
     let (settings, defaults, origins) = v.settings(file);
     let main = Main {
         settings,
         defaults: Arc::new(defaults),
         origins,
+        unresolved: std::mem::take(&mut v.unresolved),
     };
     (Some(main), v.report.into_error())
 }
@@ -158,6 +182,8 @@ pub(crate) fn validate_fragment(
         report,
         base,
         path: path.to_path_buf(),
+        defer_clusters: false,
+        unresolved: Vec::new(),
     };
     v.clusters_only(&file, main);
     let (clusters, origins) = v.clusters(file.cluster, defaults);
@@ -174,6 +200,10 @@ struct Validator<'a> {
     report: Report<'a>,
     base: PathBuf,
     path: PathBuf,
+    /// Leave a consumer's unknown cluster names to the drop-ins (set while
+    /// the main file names a drop-in directory).
+    defer_clusters: bool,
+    unresolved: Vec<Unresolved>,
 }
 
 /// `[defaults]` after validation, with the built-in defaults applied.
@@ -321,6 +351,7 @@ impl Validator<'_> {
             .iter()
             .filter_map(|c| c.get_ref().name.as_ref().map(|n| n.get_ref().clone()))
             .collect();
+        self.defer_clusters &= include_dir.is_some();
         let consumers = self.consumers(file.consumer, &cluster_names);
         let (clusters, origins) = self.clusters(file.cluster, &defaults);
         let settings = Settings {

@@ -299,7 +299,19 @@ impl Validator<'_> {
         }
         for name in list.get_ref() {
             let n = name.get_ref();
-            if !cluster_names.iter().any(|c| c == n) {
+            if !cluster_names.iter().any(|c| c == n) && self.defer_clusters {
+                // Perhaps a drop-in's: the loader checks once all are read.
+                let (line, column) = self.report.position(name.span().start);
+                let narrow = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+                self.unresolved.push(super::Unresolved {
+                    name: n.clone(),
+                    at: (narrow(line), narrow(column)),
+                    context: cx.to_string(),
+                });
+                if !out.contains(n) {
+                    out.push(n.clone());
+                }
+            } else if !cluster_names.iter().any(|c| c == n) {
                 let known: Vec<&str> = cluster_names.iter().map(String::as_str).collect();
                 let hint = match super::did_you_mean(n, &known) {
                     Some(best) => format!("did you mean {best:?}?"),
