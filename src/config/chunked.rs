@@ -201,12 +201,20 @@ fn classify(text: &str, tokens: &[Lexed]) -> Header {
 
 /// Whether a key token is `cluster`, bare or quoted.
 fn key_is_cluster(text: &str, kind: TokenKind, span: &Range<usize>) -> bool {
-    let raw = &text[span.clone()];
+    // An unterminated string is a token too (`'﹔`): strip the quotes as
+    // characters, never slice by byte counts.
+    let Some(raw) = text.get(span.clone()) else {
+        return false;
+    };
+    let quoted = |quote: char| {
+        raw.strip_prefix(quote)
+            .and_then(|r| r.strip_suffix(quote))
+            .is_some_and(|key| key == "cluster")
+    };
     match kind {
         TokenKind::Atom => raw == "cluster",
-        TokenKind::BasicString | TokenKind::LiteralString => {
-            raw.len() >= 2 && &raw[1..raw.len() - 1] == "cluster"
-        }
+        TokenKind::BasicString => quoted('"'),
+        TokenKind::LiteralString => quoted('\''),
         _ => false,
     }
 }
@@ -248,6 +256,19 @@ mod tests {
         let layout = layout(&text);
         assert_eq!(layout.blocks.len(), 1500);
         same_as_whole(&text);
+    }
+
+    #[test]
+    fn an_unterminated_string_before_a_multibyte_character_is_no_panic() {
+        for text in [
+            "'\u{fe54}",
+            "\"\u{fe55}",
+            "[['\u{fe54}",
+            "x = '\u{fe54}\n[[cluster]]\n",
+        ] {
+            let _ = layout(text);
+            let _ = from_str(text);
+        }
     }
 
     #[test]
