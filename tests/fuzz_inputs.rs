@@ -344,7 +344,10 @@ mod memory {
     fn grow(by: usize) -> bool {
         LIVE.try_with(|live| {
             let now = live.get().saturating_add(by);
-            if now > LIMIT.try_with(Cell::get).unwrap_or(usize::MAX) {
+            // A panic's report (its backtrace reads the binary's debug
+            // information) is not the decoder's: refusing it memory would
+            // turn a clear failure into a hang on the backtrace lock.
+            if now > LIMIT.try_with(Cell::get).unwrap_or(usize::MAX) && !std::thread::panicking() {
                 return false;
             }
             live.set(now);
