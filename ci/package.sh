@@ -70,6 +70,7 @@ section "contents"
 # Exactly these files, owned by root (0/0), with these modes; mcprom-sim and
 # the debug symbols are not in it.
 expected="./etc/default/mcprom -rw-r--r-- 0/0
+./etc/mcprom.d/README -rw-r--r-- 0/0
 ./etc/mcprom.toml -rw-r--r-- 0/0
 ./usr/bin/mcprom -rwxr-xr-x 0/0
 ./usr/lib/systemd/system/mcprom.service -rw-r--r-- 0/0
