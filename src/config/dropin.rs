@@ -464,17 +464,8 @@ fn cross_check(files: &[FileClusters<'_>]) -> Vec<ConfigError> {
     let place = |file: usize, (line, column): Position| {
         format!("{}:{line}:{column}", files[file].0.display())
     };
-    let mut dirs: HashMap<PathBuf, PathBuf> = HashMap::new();
-    let mut resolve = |path: &Path| -> PathBuf {
-        let dir = path.parent().unwrap_or(Path::new("/")).to_path_buf();
-        let resolved = dirs
-            .entry(dir)
-            .or_insert_with_key(|dir| super::resolved_dir(&dir.join("x")));
-        match path.file_name() {
-            Some(name) => resolved.join(name),
-            None => path.to_path_buf(),
-        }
-    };
+    let mut paths = super::ResolvedPaths::default();
+    let mut resolve = |path: &Path| paths.resolve(path);
     // (file, index in file) of the first cluster with each name, writing
     // each token file, and reading each credential file.
     let mut names: HashMap<&str, (usize, usize)> = HashMap::new();

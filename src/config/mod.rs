@@ -68,6 +68,28 @@ pub fn load(path: &Path) -> Result<Settings, ConfigError> {
     Loader::new(path).load()
 }
 
+/// Paths with their directories' symlinks resolved ([`resolved_dir`]), each
+/// directory once: what tells that two spellings name one file.
+#[derive(Debug, Default)]
+pub(crate) struct ResolvedPaths {
+    dirs: std::collections::HashMap<std::path::PathBuf, std::path::PathBuf>,
+}
+
+impl ResolvedPaths {
+    /// `path` with its directory resolved.
+    pub(crate) fn resolve(&mut self, path: &Path) -> std::path::PathBuf {
+        let dir = path.parent().unwrap_or(Path::new("/")).to_path_buf();
+        let resolved = self
+            .dirs
+            .entry(dir)
+            .or_insert_with_key(|dir| resolved_dir(&dir.join("x")));
+        match path.file_name() {
+            Some(name) => resolved.join(name),
+            None => path.to_path_buf(),
+        }
+    }
+}
+
 /// The directory of `file` with symlinks resolved, when it exists (else as
 /// written): what decides whether two token files are one, and which lock
 /// guards them.

@@ -1084,17 +1084,8 @@ impl Validator<'_> {
     fn cross_check_files(&mut self, clusters: &[ClusterSettings], files: &[ClusterFiles]) {
         // Paths compare with their directories' symlinks resolved (once per
         // directory), so two spellings of one file are one file.
-        let mut dirs: HashMap<PathBuf, PathBuf> = HashMap::new();
-        let mut resolve = |path: &Path| -> PathBuf {
-            let dir = path.parent().unwrap_or(Path::new("/")).to_path_buf();
-            let resolved = dirs
-                .entry(dir)
-                .or_insert_with_key(|dir| super::resolved_dir(&dir.join("x")));
-            match path.file_name() {
-                Some(name) => resolved.join(name),
-                None => path.to_path_buf(),
-            }
-        };
+        let mut paths = super::ResolvedPaths::default();
+        let mut resolve = |path: &Path| paths.resolve(path);
         let mut writers: HashMap<PathBuf, usize> = HashMap::new();
         let mut readers: HashMap<PathBuf, (usize, &'static str)> = HashMap::new();
         for (i, f) in files.iter().enumerate() {
@@ -1156,17 +1147,8 @@ impl Validator<'_> {
             return;
         }
         // As in `cross_check_files`: each directory resolved once.
-        let mut dirs: HashMap<PathBuf, PathBuf> = HashMap::new();
-        let mut resolve = |path: &Path| -> PathBuf {
-            let dir = path.parent().unwrap_or(Path::new("/")).to_path_buf();
-            let resolved = dirs
-                .entry(dir)
-                .or_insert_with_key(|dir| super::resolved_dir(&dir.join("x")));
-            match path.file_name() {
-                Some(name) => resolved.join(name),
-                None => path.to_path_buf(),
-            }
-        };
+        let mut paths = super::ResolvedPaths::default();
+        let mut resolve = |path: &Path| paths.resolve(path);
         // What each path already is: the config file, or a file of cluster
         // `i` (its key and where it is set). Described only on a clash.
         enum Owner {
