@@ -187,7 +187,8 @@ pub struct KubeIssuer {
     /// `issue` to `verify` (only then: idle clusters pin no connection) so
     /// the review does not read and parse the credential files again, and
     /// goes over the same connection where it may.
-    last_config: Arc<std::sync::Mutex<Option<LastRequest>>>,
+    /// Boxed: a `kube::Config` is ~1 KB, and an idle cluster holds none.
+    last_config: Arc<std::sync::Mutex<Option<Box<LastRequest>>>>,
     /// The cluster's TLS client configurations (sessions resume).
     tls: Arc<apiserver::tls::ClusterTls>,
     exec_timeout: Duration,
@@ -513,7 +514,7 @@ impl KubeIssuer {
                 .last_config
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner) =
-                Some(LastRequest { config, connection });
+                Some(Box::new(LastRequest { config, connection }));
         }
         Ok(issued)
     }

@@ -206,10 +206,12 @@ pub struct Rotator<I, S, R> {
 }
 
 impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
-    /// Run until cancelled.
-    pub async fn run(self) {
+    /// Run until cancelled. Not an `async fn`: its future would hold a
+    /// second copy of the rotator beside the inner loop's, in every idle
+    /// cluster's task.
+    pub fn run(self) -> impl Future<Output = ()> {
         let span = info_span!("cluster", cluster = %self.cluster.name);
-        self.run_inner().instrument(span).await;
+        self.run_inner().instrument(span)
     }
 
     async fn run_inner(mut self) {

@@ -246,6 +246,15 @@ impl State {
         }
     }
 
+    /// Look at every cluster's status, by name, without copying them (a
+    /// copy of 10,000 is ~4 MB). The state is locked meanwhile: `f` must
+    /// not call back into it.
+    pub fn for_each(&self, mut f: impl FnMut(&ClusterStatus)) {
+        for status in self.lock().values() {
+            f(status);
+        }
+    }
+
     /// A copy of every cluster's status, by name.
     pub fn clusters(&self) -> Vec<ClusterStatus> {
         self.lock().values().cloned().collect()

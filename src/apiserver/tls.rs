@@ -22,7 +22,8 @@
 //! certificate on the server (Go restores the peer certificates from the
 //! ticket), so the review, which must authenticate with the token alone,
 //! has its own config and session store whenever the credential carries a
-//! certificate; with a bearer-token credential both share one config, and
+//! certificate (that config is the credential's, cloned without the
+//! certificate, so the CA is parsed and held once); with a bearer-token credential both share one config, and
 //! the review reuses the TokenRequest's connection (HTTP keep-alive).
 //!
 //! The kube client over it keeps kube's layers: the base URI (with a
@@ -157,7 +158,30 @@ pub type Fingerprint = [u8; 32];
 
 struct Entry {
     fingerprint: Fingerprint,
+    /// The fingerprint of its server and trust alone (no client identity).
+    trust: Fingerprint,
+    /// Whether it presents a client certificate.
+    identity: bool,
     config: Arc<rustls::ClientConfig>,
+}
+
+/// No client certificate: the review's, derived from a credential's
+/// config that has one.
+#[derive(Debug)]
+struct NoClientCert;
+
+impl rustls::client::ResolvesClientCert for NoClientCert {
+    fn resolve(
+        &self,
+        _: &[&[u8]],
+        _: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        None
+    }
+
+    fn has_certs(&self) -> bool {
+        false
+    }
 }
 
 /// The TLS client configurations of one cluster (see the module).
@@ -185,13 +209,20 @@ impl ClusterTls {
 
     /// The TLS client configuration for `config`: the kept one when its
     /// settings are unchanged, else a new one (with an empty session store)
-    /// that replaces the least recently used.
+    /// that replaces the least recently used. A config without a client
+    /// certificate (the review's) is derived from a kept one with the same
+    /// server and trust, minus its certificate: the parsed CA and verifier
+    /// are shared, not built and held twice.
     pub fn client_config(
         &self,
         config: &kube::Config,
     ) -> Result<(Fingerprint, Arc<rustls::ClientConfig>), Failure> {
-        let fingerprint = fingerprint(config);
-        {
+        let Fingerprints {
+            all: fingerprint,
+            trust,
+            identity,
+        } = fingerprints(config);
+        let derived = {
             let mut entries = self.lock();
             if let Some(i) = entries.iter().position(|e| e.fingerprint == fingerprint) {
                 let entry = entries.remove(i);
@@ -199,10 +230,21 @@ impl ClusterTls {
                 entries.push(entry);
                 return Ok((fingerprint, found));
             }
-        }
-        let mut built = config
-            .rustls_client_config()
-            .map_err(|e| Failure::Config(crate::text::chain(&e)))?;
+            (!identity)
+                .then(|| entries.iter().find(|e| e.identity && e.trust == trust))
+                .flatten()
+                .map(|e| {
+                    let mut derived = rustls::ClientConfig::clone(&e.config);
+                    derived.client_auth_cert_resolver = Arc::new(NoClientCert);
+                    derived
+                })
+        };
+        let mut built = match derived {
+            Some(derived) => derived,
+            None => config
+                .rustls_client_config()
+                .map_err(|e| Failure::Config(crate::text::chain(&e)))?,
+        };
         built.resumption = rustls::client::Resumption::store(Arc::new(LastSession::default()));
         let built = Arc::new(built);
         let mut entries = self.lock();
@@ -210,8 +252,13 @@ impl ClusterTls {
         if entries.len() >= KEEP {
             entries.remove(0);
         }
+        // Room for exactly KEEP (a first push would make room for 4).
+        let room = KEEP - entries.len();
+        entries.reserve_exact(room);
         entries.push(Entry {
             fingerprint,
+            trust,
+            identity,
             config: built.clone(),
         });
         Ok((fingerprint, built))
@@ -262,20 +309,44 @@ impl ClusterTls {
 /// them to build the config; a file that cannot be read counts as a
 /// distinct value, so building the config reports the error.
 pub fn fingerprint(config: &kube::Config) -> Fingerprint {
+    fingerprints(config).all
+}
+
+struct Fingerprints {
+    /// Everything.
+    all: Fingerprint,
+    /// The server and the trust in it: everything but the client identity.
+    trust: Fingerprint,
+    /// Whether there is a client certificate.
+    identity: bool,
+}
+
+fn fingerprints(config: &kube::Config) -> Fingerprints {
     use secrecy::ExposeSecret as _;
-    let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
-    let mut field = |tag: &str, bytes: &[u8]| {
+    fn field(digest: &mut ring::digest::Context, tag: &str, bytes: &[u8]) {
         digest.update(tag.as_bytes());
         digest.update(&(bytes.len() as u64).to_le_bytes());
         digest.update(bytes);
+    }
+    let finish = |digest: ring::digest::Context| {
+        let mut out = [0u8; 32];
+        out.copy_from_slice(digest.finish().as_ref());
+        out
     };
+    let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
     let url = &config.cluster_url;
-    field("scheme", url.scheme_str().unwrap_or_default().as_bytes());
     field(
+        &mut digest,
+        "scheme",
+        url.scheme_str().unwrap_or_default().as_bytes(),
+    );
+    field(
+        &mut digest,
         "authority",
         url.authority().map_or("", |a| a.as_str()).as_bytes(),
     );
     field(
+        &mut digest,
         "tls-server-name",
         config
             .tls_server_name
@@ -283,31 +354,46 @@ pub fn fingerprint(config: &kube::Config) -> Fingerprint {
             .unwrap_or_default()
             .as_bytes(),
     );
-    field("insecure", &[u8::from(config.accept_invalid_certs)]);
+    field(
+        &mut digest,
+        "insecure",
+        &[u8::from(config.accept_invalid_certs)],
+    );
     for ca in config.root_cert.iter().flatten() {
-        field("ca", ca);
+        field(&mut digest, "ca", ca);
     }
     if let Some(path) = &config.root_cert_file {
-        field("ca-file", path.as_os_str().as_encoded_bytes());
+        field(&mut digest, "ca-file", path.as_os_str().as_encoded_bytes());
         field(
+            &mut digest,
             "ca-file-contents",
             &read_or_marker(path.as_os_str().as_encoded_bytes()),
         );
     }
+    let trust = finish(digest.clone());
     let auth = &config.auth_info;
+    let mut identity = false;
     match (&auth.client_certificate_data, &auth.client_certificate) {
-        (Some(data), _) => field("cert", data.as_bytes()),
-        (None, Some(path)) => field("cert-file", &read_or_marker(path.as_bytes())),
+        (Some(data), _) => field(&mut digest, "cert", data.as_bytes()),
+        (None, Some(path)) => field(&mut digest, "cert-file", &read_or_marker(path.as_bytes())),
         (None, None) => {}
     }
     match (&auth.client_key_data, &auth.client_key) {
-        (Some(data), _) => field("key", data.expose_secret().as_bytes()),
-        (None, Some(path)) => field("key-file", &read_or_marker(path.as_bytes())),
+        (Some(data), _) => {
+            identity = true;
+            field(&mut digest, "key", data.expose_secret().as_bytes());
+        }
+        (None, Some(path)) => {
+            identity = true;
+            field(&mut digest, "key-file", &read_or_marker(path.as_bytes()));
+        }
         (None, None) => {}
     }
-    let mut out = [0u8; 32];
-    out.copy_from_slice(digest.finish().as_ref());
-    out
+    Fingerprints {
+        all: finish(digest),
+        trust,
+        identity,
+    }
 }
 
 fn read_or_marker(path: &[u8]) -> Vec<u8> {
@@ -567,6 +653,13 @@ mod tests {
         let (client, _) = tls.client(token_only.clone(), None).unwrap();
         assert_eq!(whoami(&client).await, "mcprom-issuer");
         assert_eq!(handshakes(&sim), (2, 2), "and its own session resumes");
+        // Its config is the certificate's, derived (the CA parsed once),
+        // minus the certificate.
+        let (_, review_config) = tls.client_config(&token_only).unwrap();
+        let (_, admin_config) = tls.client_config(&admin).unwrap();
+        assert!(!review_config.client_auth_cert_resolver.has_certs());
+        assert!(admin_config.client_auth_cert_resolver.has_certs());
+        assert!(!Arc::ptr_eq(&review_config, &admin_config));
 
         // Another CA: a new config (empty session store) that does not trust
         // the server, although a session with it is kept.

@@ -48,21 +48,28 @@ pub async fn termination() {
 
 /// One line for systemd's `STATUS=`: "3/3 clusters fresh, next refresh in 41m".
 pub fn summary(state: &State) -> String {
-    let clusters = state.clusters();
-    if clusters.is_empty() {
+    let now = SystemTime::now();
+    let (mut total, mut fresh, mut failing) = (0usize, 0usize, 0usize);
+    let mut next: Option<SystemTime> = None;
+    state.for_each(|c| {
+        total += 1;
+        fresh += usize::from(c.valid_at(now));
+        failing += usize::from(c.last_error.is_some());
+        if let Some(at) = c.next_refresh {
+            next = Some(next.map_or(at, |n| n.min(at)));
+        }
+    });
+    if total == 0 {
         return "no clusters configured".to_owned();
     }
-    let now = SystemTime::now();
-    let fresh = clusters.iter().filter(|c| c.valid_at(now)).count();
-    let mut line = format!("{fresh}/{} clusters fresh", clusters.len());
-    if let Some(next) = clusters.iter().filter_map(|c| c.next_refresh).min() {
+    let mut line = format!("{fresh}/{total} clusters fresh");
+    if let Some(next) = next {
         let wait = next.duration_since(now).unwrap_or_default();
         line.push_str(&format!(
             ", next refresh in {}",
             config::format_duration(Duration::from_secs(wait.as_secs()))
         ));
     }
-    let failing = clusters.iter().filter(|c| c.last_error.is_some()).count();
     if failing > 0 {
         line.push_str(&format!(", {failing} failing"));
     }
@@ -469,4 +476,41 @@ pub async fn run_loaded(
     daemon.supervisor.shutdown().await;
     info!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use crate::state::{ClusterStatus, Phase, State};
+
+    #[test]
+    fn the_summary_counts_fresh_and_failing_clusters_and_names_the_next_refresh() {
+        let state = State::default();
+        assert_eq!(super::summary(&state), "no clusters configured");
+        let now = SystemTime::now();
+        for (name, fresh, next_in, failing) in [
+            ("a", true, 3600, false),
+            ("b", true, 125, false),
+            ("c", false, 10_000, true),
+        ] {
+            state.insert(ClusterStatus::new(name, "ns/sa".into(), name.into()));
+            state.update(name, |s| {
+                if fresh {
+                    s.state = Phase::Fresh;
+                    s.expires_at = Some(now + Duration::from_secs(7200));
+                }
+                s.next_refresh = Some(now + Duration::from_secs(next_in));
+                if failing {
+                    s.last_error = Some("unreachable".into());
+                }
+            });
+        }
+        let line = super::summary(&state);
+        assert!(
+            line.starts_with("2/3 clusters fresh, next refresh in 2m"),
+            "{line}"
+        );
+        assert!(line.ends_with(", 1 failing"), "{line}");
+    }
 }
