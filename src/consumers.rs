@@ -21,7 +21,6 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use tokio::io::AsyncReadExt as _;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
@@ -354,9 +353,7 @@ pub async fn run(
     let name = settings.name.clone();
     let action = Action::new(&settings);
     let delay = settings.delay;
-    // Under constant churn a quiet period might never come; reload at least
-    // this often anyway.
-    let max_wait = (delay * 10).max(Duration::from_secs(1));
+    let max_wait = crate::reload::max_wait(delay);
     let mut handled = queue.generation();
     let mut ready = false;
     let mut failures: u32 = 0;
@@ -371,18 +368,9 @@ pub async fn run(
                 s.phase = ConsumerPhase::Pending;
             }
         });
-        let first = Instant::now();
-        loop {
-            let seen = queue.generation();
-            tokio::select! {
-                () = cancel.cancelled() => return,
-                () = tokio::time::sleep(delay) => {}
-            }
-            if queue.generation() == seen || first.elapsed() >= max_wait {
-                break;
-            }
-        }
-        let target = queue.generation();
+        let Some(target) = queue.quiet(delay, max_wait, &cancel).await else {
+            return;
+        };
         states().update(&name, |s| s.phase = ConsumerPhase::Reloading);
         let outcome = tokio::select! {
             () = cancel.cancelled() => return,

@@ -53,6 +53,35 @@ impl ReloadQueue {
             self.inner.notify.notified().await;
         }
     }
+
+    /// Wait for `delay` without a new request (so that one reload serves a
+    /// whole batch of rotations), but no longer than `max_wait` from now:
+    /// under constant churn a quiet period might never come. Returns the
+    /// generation then, or `None` when cancelled.
+    pub(crate) async fn quiet(
+        &self,
+        delay: Duration,
+        max_wait: Duration,
+        cancel: &CancellationToken,
+    ) -> Option<u64> {
+        let first = Instant::now();
+        loop {
+            let seen = self.generation();
+            tokio::select! {
+                () = cancel.cancelled() => return None,
+                () = tokio::time::sleep(delay) => {}
+            }
+            if self.generation() == seen || first.elapsed() >= max_wait {
+                return Some(self.generation());
+            }
+        }
+    }
+}
+
+/// How long [`ReloadQueue::quiet`] may wait at most for a `delay`: ten
+/// quiet periods, at least 1 s.
+pub(crate) fn max_wait(delay: Duration) -> Duration {
+    (delay * 10).max(Duration::from_secs(1))
 }
 
 impl ReloadRequest for ReloadQueue {
@@ -318,9 +347,7 @@ pub async fn run(
     state: Arc<State>,
     cancel: CancellationToken,
 ) {
-    // Under constant churn a quiet period might never come; reload at least
-    // this often anyway.
-    let max_wait = (delay * 10).max(Duration::from_secs(1));
+    let max_wait = max_wait(delay);
     let mut handled = queue.generation();
     let mut ready = false;
     let mut failures: u32 = 0;
@@ -329,18 +356,9 @@ pub async fn run(
             () = cancel.cancelled() => return,
             () = queue.wait_beyond(handled) => {}
         }
-        let first = Instant::now();
-        loop {
-            let seen = queue.generation();
-            tokio::select! {
-                () = cancel.cancelled() => return,
-                () = tokio::time::sleep(delay) => {}
-            }
-            if queue.generation() == seen || first.elapsed() >= max_wait {
-                break;
-            }
-        }
-        let target = queue.generation();
+        let Some(target) = queue.quiet(delay, max_wait, &cancel).await else {
+            return;
+        };
         let outcome = async {
             if !ready {
                 reloader.wait_ready(&cancel).await?;

@@ -217,11 +217,20 @@ impl ClusterTls {
         &self,
         config: &kube::Config,
     ) -> Result<(Fingerprint, Arc<rustls::ClientConfig>), Failure> {
-        let Fingerprints {
+        self.config_for(config, fingerprints(config))
+    }
+
+    /// [`Self::client_config`] with the fingerprints of `config` taken
+    /// already (they read the CA and credential files).
+    fn config_for(
+        &self,
+        config: &kube::Config,
+        Fingerprints {
             all: fingerprint,
             trust,
             identity,
-        } = fingerprints(config);
+        }: Fingerprints,
+    ) -> Result<(Fingerprint, Arc<rustls::ClientConfig>), Failure> {
         let derived = {
             let mut entries = self.lock();
             if let Some(i) = entries.iter().position(|e| e.fingerprint == fingerprint) {
@@ -230,14 +239,16 @@ impl ClusterTls {
                 entries.push(entry);
                 return Ok((fingerprint, found));
             }
-            (!identity)
-                .then(|| entries.iter().find(|e| e.identity && e.trust == trust))
-                .flatten()
-                .map(|e| {
-                    let mut derived = rustls::ClientConfig::clone(&e.config);
-                    derived.client_auth_cert_resolver = Arc::new(NoClientCert);
-                    derived
-                })
+            let source = if identity {
+                None
+            } else {
+                entries.iter().find(|e| e.identity && e.trust == trust)
+            };
+            source.map(|e| {
+                let mut derived = rustls::ClientConfig::clone(&e.config);
+                derived.client_auth_cert_resolver = Arc::new(NoClientCert);
+                derived
+            })
         };
         let mut built = match derived {
             Some(derived) => derived,
@@ -277,10 +288,11 @@ impl ClusterTls {
         if config.proxy_url.is_some() {
             return Ok((super::client(config)?, None));
         }
+        let prints = fingerprints(&config);
         let connection = match reuse {
-            Some(c) if c.fingerprint == fingerprint(&config) => c,
+            Some(c) if c.fingerprint == prints.all => c,
             _ => {
-                let (fingerprint, tls) = self.client_config(&config)?;
+                let (fingerprint, tls) = self.config_for(&config, prints)?;
                 Connection::new(&config, fingerprint, tls)?
             }
         };

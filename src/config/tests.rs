@@ -551,7 +551,23 @@ fn prometheus_auth_must_be_complete_and_unambiguous() {
     rejects_with(
         "[prometheus]\nusername = \"u\"\npassword_file = \"pw\"\nbearer_token_file = \"t\"\n",
         "/etc/mcprom.toml:4:21: [prometheus]: key \"bearer_token_file\"",
-        &["exclusive"],
+        &["exclusive", "keep the one Prometheus's web config expects"],
+    );
+    // A url consumer's credentials follow the same rules.
+    let consumer = "[[consumer]]\nname = \"vm\"\nurl = \"http://127.0.0.1:8429\"\n";
+    rejects_with(
+        &format!("{consumer}username = \"u\"\n"),
+        "/etc/mcprom.toml:4:12: ",
+        &["key \"username\": basic auth needs a password too"],
+    );
+    rejects_with(
+        &format!("{consumer}username = \"u\"\npassword_file = \"pw\"\nbearer_token_file = \"t\"\n"),
+        "/etc/mcprom.toml:6:21: ",
+        &[
+            "key \"bearer_token_file\"",
+            "exclusive",
+            "keep the one the endpoint expects",
+        ],
     );
     rejects_with(
         "[prometheus]\nreload = \"on_rotate\"\n",

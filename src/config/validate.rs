@@ -247,6 +247,44 @@ struct ClusterFiles {
 }
 
 impl Validator<'_> {
+    /// A web endpoint's credentials: `username` and `password_file` come
+    /// together and exclude `bearer_token_file`; `expecting` is who decides
+    /// which (`[prometheus]`, a `[[consumer]]`).
+    fn web_auth_pairs(
+        &mut self,
+        username: &Option<Spanned<String>>,
+        password_file: &Option<Spanned<String>>,
+        bearer_token_file: &Option<Spanned<String>>,
+        cx: &str,
+        expecting: &str,
+    ) {
+        match (username, password_file) {
+            (Some(u), None) => self.error(
+                u.span().start,
+                cx,
+                "key \"username\": basic auth needs a password too (add password_file = \"...\", or remove username)",
+            ),
+            (None, Some(p)) => self.error(
+                p.span().start,
+                cx,
+                "key \"password_file\": basic auth needs a user too (add username = \"...\", or remove password_file)",
+            ),
+            _ => {}
+        }
+        if let Some(b) = bearer_token_file
+            && (username.is_some() || password_file.is_some())
+        {
+            self.error(
+                b.span().start,
+                cx,
+                format!(
+                    "key \"bearer_token_file\": a bearer token and basic auth \
+                     (username/password_file) are exclusive (keep the one {expecting} expects)"
+                ),
+            );
+        }
+    }
+
     fn error(&mut self, offset: usize, context: &str, message: impl AsRef<str>) {
         self.report.add(offset, context, message);
     }
@@ -594,29 +632,13 @@ impl Validator<'_> {
             .as_ref()
             .and_then(|p| self.path_value(p, CX, "bearer_token_file"));
         let username = file.username.as_ref().map(|u| u.get_ref().clone());
-        match (&file.username, &file.password_file) {
-            (Some(u), None) => self.error(
-                u.span().start,
-                CX,
-                "key \"username\": basic auth needs a password too (add password_file = \"...\", or remove username)",
-            ),
-            (None, Some(p)) => self.error(
-                p.span().start,
-                CX,
-                "key \"password_file\": basic auth needs a user too (add username = \"...\", or remove password_file)",
-            ),
-            _ => {}
-        }
-        if let Some(b) = &file.bearer_token_file
-            && (file.username.is_some() || file.password_file.is_some())
-        {
-            self.error(
-                b.span().start,
-                CX,
-                "key \"bearer_token_file\": a bearer token and basic auth (username/password_file) \
-                 are exclusive (keep the one Prometheus's web config expects)",
-            );
-        }
+        self.web_auth_pairs(
+            &file.username,
+            &file.password_file,
+            &file.bearer_token_file,
+            CX,
+            "Prometheus's web config",
+        );
         PrometheusSettings {
             url,
             reload,

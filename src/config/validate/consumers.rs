@@ -188,29 +188,13 @@ impl Validator<'_> {
                 let ca_file = path(self, "ca_file");
                 let password_file = path(self, "password_file");
                 let bearer_token_file = path(self, "bearer_token_file");
-                match (&c.username, &c.password_file) {
-                    (Some(u), None) => self.error(
-                        u.span().start,
-                        cx,
-                        "key \"username\": basic auth needs a password too (add password_file = \"...\", or remove username)",
-                    ),
-                    (None, Some(p)) => self.error(
-                        p.span().start,
-                        cx,
-                        "key \"password_file\": basic auth needs a user too (add username = \"...\", or remove password_file)",
-                    ),
-                    _ => {}
-                }
-                if let Some(b) = &c.bearer_token_file
-                    && (c.username.is_some() || c.password_file.is_some())
-                {
-                    self.error(
-                        b.span().start,
-                        cx,
-                        "key \"bearer_token_file\": a bearer token and basic auth \
-                         (username/password_file) are exclusive (keep the one the endpoint expects)",
-                    );
-                }
+                self.web_auth_pairs(
+                    &c.username,
+                    &c.password_file,
+                    &c.bearer_token_file,
+                    cx,
+                    "the endpoint",
+                );
                 Some(ConsumerAction::Url(WebEndpoint {
                     url: url?,
                     ca_file,
