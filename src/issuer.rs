@@ -51,6 +51,10 @@ pub trait Issuer: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Review, IssueError>> + Send {
         self.review(&issued.token)
     }
+
+    /// Nothing is due for a long while: let go of what only makes the next
+    /// request cheaper (TLS configurations and resumable sessions).
+    fn rest(&self) {}
 }
 
 /// What the API server said about a token it was shown.
@@ -381,6 +385,10 @@ impl Issuer for KubeIssuer {
 
     async fn issue(&self, spec: &TokenSpec) -> Result<IssuedToken, IssueError> {
         self.request(spec).await
+    }
+
+    fn rest(&self) {
+        self.tls.forget();
     }
 }
 

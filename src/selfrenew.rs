@@ -235,6 +235,10 @@ impl<I: Issuer> Issuer for SelfRenewing<I> {
     async fn verify(&self, issued: &IssuedToken) -> Result<Review, IssueError> {
         self.inner.verify(issued).await
     }
+
+    fn rest(&self) {
+        self.inner.rest();
+    }
 }
 
 /// Why `mcprom seed` refused a token. Never contains the token.

@@ -142,7 +142,10 @@ impl Default for ConfigStatus {
 /// Shared state. Cheap to lock: every critical section is a few field updates.
 #[derive(Debug)]
 pub struct State {
-    clusters: Mutex<BTreeMap<String, ClusterStatus>>,
+    /// Boxed: a B-tree node holds 11 entries and is on average two thirds
+    /// full, so unboxed statuses (~330 bytes) left ~1.5 MB of empty slots
+    /// at 10,000 clusters.
+    clusters: Mutex<BTreeMap<String, Box<ClusterStatus>>>,
     /// How many clusters have not `settled` yet, kept in step by
     /// insert/remove/update so readiness is O(1) (start-up with 10,000
     /// clusters changes the state tens of thousands of times).
@@ -177,7 +180,7 @@ impl State {
         {
             let mut clusters = self.lock();
             let arriving = status.settled;
-            let old = clusters.insert(status.name.clone(), status);
+            let old = clusters.insert(status.name.clone(), Box::new(status));
             self.count_settled(old.map(|o| o.settled), Some(arriving));
         }
         self.bump();
@@ -257,7 +260,10 @@ impl State {
 
     /// A copy of every cluster's status, by name.
     pub fn clusters(&self) -> Vec<ClusterStatus> {
-        self.lock().values().cloned().collect()
+        self.lock()
+            .values()
+            .map(|s| ClusterStatus::clone(s))
+            .collect()
     }
 
     /// Every `[[consumer]]`'s status.
@@ -318,7 +324,7 @@ impl State {
         self.changed.subscribe()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, ClusterStatus>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Box<ClusterStatus>>> {
         self.clusters.lock().unwrap_or_else(|e| e.into_inner())
     }
 

@@ -5,7 +5,8 @@
 //! token never resumes the session of a client certificate (the server
 //! would see the certificate's identity); a bearer-token credential lets the
 //! review ride on the TokenRequest's connection; and a new CA starts afresh:
-//! no session made under the old trust is resumed.
+//! no session made under the old trust is resumed. A cluster with nothing
+//! due for a long while (1 h tokens) keeps no session at all.
 //!
 //! The simulator counts TLS connections per cluster by handshake
 //! (`tls_full_handshakes`, `tls_resumed_handshakes` in `/stats`); mcprom
@@ -45,6 +46,26 @@ async fn mcprom_handshakes(rig: &Rig) -> (f64, f64) {
     )
 }
 
+/// The shortest tokens a real API server issues (10 min): each refresh
+/// is due within `KEEP_TLS_WITHIN`, so the cluster keeps its sessions.
+fn hot() -> Conf {
+    Conf {
+        expiration: "10m",
+        ..Conf::default()
+    }
+}
+
+/// c1's first token is written and its review done.
+async fn first_token_reviewed(rig: &Rig) {
+    rig.first_tokens(&["c1"]).await;
+    eventually(
+        std::time::Duration::from_secs(60),
+        "the first token reviewed",
+        || async { rig.status("c1")["verified_at"].as_str().map(|_| ()) },
+    )
+    .await;
+}
+
 /// `mcprom rotate c1` succeeds and writes a new token.
 async fn rotated(rig: &Rig) {
     let before = rig.token("c1");
@@ -62,14 +83,8 @@ async fn rotated(rig: &Rig) {
 async fn rotations_resume_the_session_and_a_new_ca_starts_afresh() {
     // The sim's kubeconfig: a client certificate (the admin's), so the
     // TokenRequest and the review each have their own TLS configuration.
-    let rig = Rig::start(&[], &Conf::default(), Some(&["c1"]));
-    rig.first_tokens(&["c1"]).await;
-    eventually(
-        std::time::Duration::from_secs(60),
-        "the first token reviewed",
-        || async { rig.status("c1")["verified_at"].as_str().map(|_| ()) },
-    )
-    .await;
+    let rig = Rig::start(&[], &hot(), Some(&["c1"]));
+    first_token_reviewed(&rig).await;
     assert_eq!(
         handshakes(&rig.sim, "c1").await,
         (2, 0),
@@ -121,17 +136,11 @@ async fn with_a_bearer_token_the_review_rides_on_the_token_requests_connection()
                 sim.ca_file("c1").display()
             ),
         )],
-        ..Conf::default()
+        ..hot()
     };
     let work = tempfile::tempdir().unwrap();
     let rig = Rig::start_with(sim, work, &conf, Some(&["c1"]), |_| {});
-    rig.first_tokens(&["c1"]).await;
-    eventually(
-        std::time::Duration::from_secs(60),
-        "the first token reviewed",
-        || async { rig.status("c1")["verified_at"].as_str().map(|_| ()) },
-    )
-    .await;
+    first_token_reviewed(&rig).await;
     assert_eq!(
         handshakes(&rig.sim, "c1").await,
         (1, 0),
@@ -144,4 +153,23 @@ async fn with_a_bearer_token_the_review_rides_on_the_token_requests_connection()
     let stats = rig.sim.stats().await;
     let reviews = &stats["clusters"]["c1"]["requests"]["POST /apis/authentication.k8s.io/v1/selfsubjectreviews 201"];
     assert_eq!(reviews.as_u64(), Some(4), "{stats}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_with_nothing_due_for_long_keeps_no_session() {
+    // 1 h tokens refreshed at 80 %: the next request is 48 min away, so
+    // the cluster lets go of its TLS configurations and sessions, and each
+    // rotation starts with full handshakes.
+    let rig = Rig::start(&[], &Conf::default(), Some(&["c1"]));
+    first_token_reviewed(&rig).await;
+    assert_eq!(handshakes(&rig.sim, "c1").await, (2, 0));
+    for _ in 0..2 {
+        rotated(&rig).await;
+    }
+    assert_eq!(
+        handshakes(&rig.sim, "c1").await,
+        (6, 0),
+        "nothing kept between rotations 48 minutes apart"
+    );
+    assert_eq!(mcprom_handshakes(&rig).await, (6.0, 0.0));
 }

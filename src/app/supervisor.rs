@@ -71,6 +71,13 @@ impl Issuer for ClusterIssuer {
             ClusterIssuer::SelfRenewing(i) => i.verify(issued).await,
         }
     }
+
+    fn rest(&self) {
+        match self {
+            ClusterIssuer::Kube(i) => i.rest(),
+            ClusterIssuer::SelfRenewing(i) => i.rest(),
+        }
+    }
 }
 
 /// How long shutdown waits for tasks (in-flight writes) before giving up.
