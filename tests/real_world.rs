@@ -464,3 +464,58 @@ async fn a_new_signing_key_kills_old_tokens() {
     let (exit, _) = daemon.terminate();
     assert!(exit.success(), "{}", daemon.log());
 }
+
+/// TLS session resumption against the real server (Go's `crypto/tls`
+/// issues the tickets): with 10-minute tokens, the shortest a real API
+/// server issues, the next refresh is within `KEEP_TLS_WITHIN`, so the
+/// cluster keeps its sessions and each rotation's TokenRequest (client
+/// certificate) and review (the token alone) resume; the reviews confirm
+/// that a resumed certificate session never carries the review. (With 1 h
+/// tokens nothing is kept between rotations: `tests/tls_resumption.rs`.)
+#[tokio::test]
+async fn rotations_resume_the_real_servers_tls_sessions() {
+    let world = World::start(1, 1, &[]);
+    let work = world.path().join("resume");
+    let config = world.user_config(&work, &["c1"], None, "expiration = \"10m\"", "");
+    let port = free_port();
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text.replacen(
+        "[metrics]\nlisten = \"\"",
+        &format!("[metrics]\nlisten = \"127.0.0.1:{port}\""),
+        1,
+    );
+    std::fs::write(&config, text).unwrap();
+    let handshakes = || async move {
+        let metrics = metrics_on(port).await;
+        let count = |kind: &str| {
+            sample(
+                &metrics,
+                &format!("mcprom_apiserver_tls_connections_total{{handshake=\"{kind}\"}}"),
+            )
+            .unwrap_or_else(|| panic!("no {kind} count in {metrics}"))
+        };
+        (count("full"), count("resumed"))
+    };
+
+    // A token is written only after its review confirmed it: once the
+    // file holds it, both of its connections are counted.
+    let mut daemon = Daemon::start(&config, "info");
+    let mut token = new_token(&work, "c1", None, TOKEN_WAIT).await;
+    assert_eq!(
+        handshakes().await,
+        (2.0, 0.0),
+        "first token: the TokenRequest and the review, both full"
+    );
+    for _ in 0..2 {
+        stdout_of(&mcprom(&config, &["rotate", "c1"]), "mcprom rotate");
+        token = new_token(&work, "c1", Some(&token), TOKEN_WAIT).await;
+        assert_eq!(world.status_for_token("c1", &token).await, 200);
+    }
+    assert_eq!(
+        handshakes().await,
+        (2.0, 4.0),
+        "each rotation: the TokenRequest and the review resumed"
+    );
+    let (exit, _) = daemon.terminate();
+    assert!(exit.success(), "{}", daemon.log());
+}

@@ -515,12 +515,8 @@ async fn plugin_failures_echoed_requests_and_url_passwords_leak_no_secret() {
 
     let table = mcprom_cli(&config, &["status"]);
     let json_status = mcprom_cli(&config, &["status", "--json"]);
-    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_on(port).await;
+    assert!(!metrics.is_empty(), "no /metrics on port {port}");
     let (status, _) = daemon.terminate();
     assert!(status.success());
     let table_text = String::from_utf8_lossy(&table.stdout).into_owned();

@@ -553,6 +553,15 @@ pub fn required_tool(program: &str, install: &str) -> PathBuf {
         .unwrap_or_else(|| panic!("{program} is not installed; install it with: {install}"))
 }
 
+/// mcprom's `/metrics` text from `127.0.0.1:port`; empty while nothing
+/// answers there.
+pub async fn metrics_on(port: u16) -> String {
+    match reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
 /// The value of the sample `series` (exact name and labels) in `text`.
 pub fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines().find_map(|l| {

@@ -127,11 +127,7 @@ impl Rig {
     }
 
     pub async fn metrics(&self) -> String {
-        let url = format!("http://127.0.0.1:{}/metrics", self.metrics_port);
-        match reqwest::get(&url).await {
-            Ok(r) => r.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
-        }
+        metrics_on(self.metrics_port).await
     }
 
     pub async fn metric(&self, series: &str) -> Option<f64> {
