@@ -271,12 +271,8 @@ impl<I: Issuer, S: Sink, R: ReloadRequest> Rotator<I, S, R> {
             let mut reply = Vec::new();
             // One timer for the review and the refresh, whichever is first:
             // each timer is ~100 bytes in every idle rotator's task.
-            let check_first = p.check.is_some_and(|at| at < p.plan.at);
-            let wake_at = if check_first {
-                p.check.unwrap_or(p.plan.at)
-            } else {
-                p.plan.at
-            };
+            let wake_at = p.check.map_or(p.plan.at, |at| at.min(p.plan.at));
+            let check_first = wake_at < p.plan.at;
             if wake_at.saturating_duration_since(Instant::now()) > KEEP_TLS_WITHIN {
                 self.issuer.rest();
             }

@@ -23,8 +23,9 @@
 //! ticket), so the review, which must authenticate with the token alone,
 //! has its own config and session store whenever the credential carries a
 //! certificate (that config is the credential's, cloned without the
-//! certificate, so the CA is parsed and held once); with a bearer-token credential both share one config, and
-//! the review reuses the TokenRequest's connection (HTTP keep-alive).
+//! certificate, so the CA is parsed and held once); with a bearer-token
+//! credential both share one config, and the review reuses the
+//! TokenRequest's connection (HTTP keep-alive).
 //!
 //! A cluster whose next request is more than
 //! [`crate::rotator::KEEP_TLS_WITHIN`] away drops its configs and sessions
@@ -398,21 +399,15 @@ fn fingerprints(config: &kube::Config) -> Fingerprints {
     }
     let trust = finish(digest.clone());
     let auth = &config.auth_info;
-    let mut identity = false;
+    let identity = auth.client_key_data.is_some() || auth.client_key.is_some();
     match (&auth.client_certificate_data, &auth.client_certificate) {
         (Some(data), _) => field(&mut digest, "cert", data.as_bytes()),
         (None, Some(path)) => field(&mut digest, "cert-file", &read_or_marker(path.as_bytes())),
         (None, None) => {}
     }
     match (&auth.client_key_data, &auth.client_key) {
-        (Some(data), _) => {
-            identity = true;
-            field(&mut digest, "key", data.expose_secret().as_bytes());
-        }
-        (None, Some(path)) => {
-            identity = true;
-            field(&mut digest, "key-file", &read_or_marker(path.as_bytes()));
-        }
+        (Some(data), _) => field(&mut digest, "key", data.expose_secret().as_bytes()),
+        (None, Some(path)) => field(&mut digest, "key-file", &read_or_marker(path.as_bytes())),
         (None, None) => {}
     }
     Fingerprints {

@@ -186,16 +186,13 @@ pub(crate) fn validate_fragment(
         unresolved: Vec::new(),
     };
     v.clusters_only(&file, main);
-    let (clusters, origins) = v.clusters(file.cluster, defaults);
+    let (clusters, mut origins) = v.clusters(file.cluster, defaults);
+    origins.shrink_to_fit();
     match v.report.into_error() {
         Some(error) => Err(error),
         None => Ok(Fragment {
             clusters: shared(clusters),
-            origins: {
-                let mut origins = origins;
-                origins.shrink_to_fit();
-                origins
-            },
+            origins,
         }),
     }
 }
